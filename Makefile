@@ -1,0 +1,31 @@
+# make test: set up .venv (torch CPU pin first, then gmptl with every extra) and run the tests.
+# make demo: set up and run the embedded default.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gmptl-installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup test test-fast demo clean
+
+setup: $(STAMP)
+
+# torch is installed before the package: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(VENV)/bin/gmptl encoders
+	$(PY) -m gmptl.demo
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,121 @@
+"""The ``gmptl`` command line: one entry point, a subcommand per thing a user wants to do."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import GmptlError
+
+log = logging.getLogger("gmptl")
+
+
+def fatal(message: str, code: int = 2) -> None:
+    """Print one clear line and leave (the traceback only with --verbose)."""
+    print(f"gmptl: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def cmd_data(args) -> int:
+    from .corpora import load_corpus, summarize
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    summary = summarize(load_corpus(args.corpus, args.root, classes=classes))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['corpus']} at {summary['root']}")
+    print(f"  {summary['utterances']} utterances, {summary['seconds'] / 3600:.2f} h, "
+          f"{summary['speakers']} speakers")
+    print("  classes: " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
+    print("  genders: " + ", ".join(f"{k} {v}" for k, v in summary["genders"].items()))
+    for fold in summary["folds"]:
+        print(f"  fold {fold['fold']}: test speakers {', '.join(fold['test_speakers'])} "
+              f"({fold['test_utterances']} utterances)")
+    if summary.get("dropped"):
+        print("  left out (outside the label set): " + ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()))
+    for warning in summary.get("warnings", []):
+        print(f"  warning: {warning}")
+    if summary["problems"]:
+        print(f"  {len(summary['problems'])} problem(s):")
+        for p in summary["problems"]:
+            print(f"    {p['path']}: {p['reason']}")
+    return 0
+
+
+def cmd_encoders(args) -> int:
+    from .encoders import available_encoders
+
+    rows = available_encoders()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["spec"]) for r in rows)
+    for r in rows:
+        mark = "yes" if r["available"] else "no "
+        print(f"{r['spec']:<{width}}  {mark}  {r['family']:<14}  {r['note'] or r['source']}")
+    print("\nAny other HuBERT / wav2vec2 / WavLM / data2vec-audio / Whisper checkpoint works by hub id "
+          "(online) or local directory.")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from .config import load_config
+    from .cv import format_table, run_cv
+
+    cfg = load_config(args.config, args.set or [])
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    summary = run_cv(cfg, out, folds)
+    print(f"{summary['system']} on {summary['corpus']} ({summary['encoder']}), {len(summary['folds'])} fold(s):")
+    print(format_table(summary))
+    print(f"results: {out / 'summary.json'}, confusion matrix: {out / 'confusion.png'}")
+    return 0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="show what a corpus directory or manifest holds, and its folds")
+    p.add_argument("--corpus", required=True, help="iemocap, ravdess, emodb, cremad or manifest")
+    p.add_argument("--root", required=True, help="the corpus directory (a CSV/JSONL file for 'manifest')")
+    p.add_argument("--classes", help="comma-separated label subset, in this order (e.g. neutral,happy,sad,angry)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("cv", help="cross-validate a system (GMP-TL by default) fold by fold, resumable")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=3e-4")
+    p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
+    p.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_encoders)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # Third-party chatter (weight-loading bars, hub notices) only with --verbose.
+        for name in ("transformers", "huggingface_hub", "urllib3", "faiss", "matplotlib"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except GmptlError as e:
+        if args.verbose:
+            raise
+        fatal(str(e))
+    except KeyboardInterrupt:
+        fatal("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""One loader used everywhere: decode, check, down-mix to mono and resample to 16 kHz."""
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16000
+MAX_CHANNELS = 32
+MIN_RATE, MAX_RATE = 1000, 384000
+# libsndfile clamps an audio chunk that runs past the end of the file to what is there, so
+# the frame count it reports is already the short one; only its log tells, e.g. WAV
+# "data : 192000 (should be 95978)", AIFF "SSND : ...", AU "Data Size : ...".
+_CLAMPED_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+) \(should be (-?\d+)\)", re.MULTILINE)
+# Streaming writers (ffmpeg to a pipe, AU) put 0xFFFFFFFF there: "length unknown", not a promise.
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, before any decoding."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+
+def _why(e: Exception) -> str:
+    """libsndfile's own words (``error_string``) without the Python wrapper's prefix."""
+    return (getattr(e, "error_string", None) or str(e) or type(e).__name__).rstrip(".")
+
+
+def _check_file(path) -> str:
+    """``path`` as a string, if it names a non-empty file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(path, "missing file")
+    if not os.path.isfile(path):
+        raise AudioError(path, "not a file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    return path
+
+
+def _header(source, name: str) -> AudioInfo:
+    """The checked header of a path or file object; ``name`` is what errors report."""
+    try:
+        info = sf.info(source)
+    except Exception as e:  # LibsndfileError mostly, but odd headers also give TypeError/ValueError
+        raise AudioError(name, f"not audio or unsupported format ({_why(e)})") from e
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(name, f"absurd channel count {info.channels} (expected 1 to {MAX_CHANNELS})")
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise AudioError(name, f"absurd sample rate {info.samplerate} Hz (expected {MIN_RATE} to {MAX_RATE})")
+    if info.frames <= 0:  # also what a Vorbis file cut before its first page looks like
+        raise AudioError(name, "no audio frames (empty or truncated)")
+    clamped = _CLAMPED_CHUNK.search(getattr(info, "extra_info", ""))
+    if clamped and int(clamped[1]) != _UNKNOWN_SIZE:
+        raise AudioError(name, f"truncated file: header promises {clamped[1]} bytes of audio, "
+                               f"{clamped[2]} are there")
+    return AudioInfo(name, info.samplerate, info.channels, info.frames)
+
+
+def audio_info(path) -> AudioInfo:
+    """Header of an audio file, checked but not decoded (cheap enough to scan a corpus).
+
+    Raises:
+        AudioError: missing, empty, not audio, truncated WAV/AIFF/AU, absurd channel count
+            or sample rate, or no frames.
+    """
+    path = _check_file(path)
+    return _header(path, path)
+
+
+def _check_finite(data: np.ndarray, name: str, rate: int, start: int = 0) -> None:
+    """Raise on NaN/Inf in ``data`` ((S,) or (S, C) from frame ``start``), saying when the first one is."""
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return
+    first = start + int(np.argmax(bad.reshape(len(data), -1).any(axis=1)))
+    nan = int(np.isnan(data).sum())
+    kinds = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (int(bad.sum()) - nan, "Inf")) if n)
+    raise AudioError(name, f"{kinds} samples, first at {first / rate:.3f} s")
+
+
+def validate_waveform(wave: np.ndarray, path, min_samples: int = 400, sample_rate: int = SAMPLE_RATE) -> None:
+    """Reject a waveform no encoder should see.
+
+    Args:
+        wave: (S,) mono samples.
+        path: the file it came from, for the error.
+        min_samples: fewest samples accepted; 400 is one 25 ms encoder frame at 16 kHz.
+        sample_rate: rate of ``wave``, only to say where a NaN/Inf is.
+
+    Raises:
+        AudioError: NaN or Inf samples, fewer than ``min_samples`` samples, or all zeros.
+    """
+    _check_finite(wave, os.fspath(path), sample_rate)
+    if len(wave) < min_samples:
+        raise AudioError(path, f"too short: {len(wave)} samples, need {min_samples} (one encoder frame)")
+    if not wave.any():
+        raise AudioError(path, "all-zero samples (digital silence)")
+
+
+def to_mono_resampled(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mean of the channels, resampled with soxr 'HQ'; no checks.
+
+    Args:
+        data: (S, C) or (S,) samples at ``rate``.
+        rate: sample rate of ``data``.
+        sample_rate: output rate.
+
+    Returns:
+        (S',) float32 with ``S' = round(S * sample_rate / rate)``.
+    """
+    mono = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data  # (S,)
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return mono.astype(np.float32, copy=False)
+
+
+def _decode(source, name: str, sample_rate: int, min_samples: int) -> np.ndarray:
+    """Decode a path or bytes, with every check; ``name`` is what errors report."""
+    opened = (lambda: io.BytesIO(source)) if isinstance(source, (bytes, bytearray, memoryview)) else (lambda: source)
+    info = _header(opened(), name)
+    try:
+        data, _ = sf.read(opened(), dtype="float32", always_2d=True)  # (S, C)
+    except Exception as e:  # a cut FLAC/MP3 fails mid-read ("flac decoder lost sync")
+        raise AudioError(name, f"undecodable, perhaps truncated ({_why(e)})") from e
+    if len(data) < info.frames:  # a cut MP3 reads short without an error
+        raise AudioError(name, f"truncated file: decoded {len(data)} of {info.frames} frames")
+    # Before resampling: soxr turns one Inf into a run of NaNs, and the reason would be wrong.
+    _check_finite(data, name, info.sample_rate)
+    try:
+        wave = to_mono_resampled(data, info.sample_rate, sample_rate)
+    except Exception as e:
+        raise AudioError(name, f"cannot resample from {info.sample_rate} Hz ({_why(e)})") from e
+    validate_waveform(wave, name, min_samples, sample_rate)
+    return wave
+
+
+def load_audio(path, sample_rate: int = SAMPLE_RATE, min_samples: int = 400) -> np.ndarray:
+    """Decode a file (any format libsndfile reads: WAV, FLAC, OGG/Opus, MP3, ...) to checked mono.
+
+    Args:
+        path: audio file.
+        sample_rate: output rate.
+        min_samples: fewest output samples accepted.
+
+    Returns:
+        (S,) float32 at ``sample_rate``, the mean of the channels.
+
+    Raises:
+        AudioError: the file cannot be used, with the reason (see ``audio_info`` and
+            ``validate_waveform``, plus undecodable or truncated data).
+    """
+    path = _check_file(path)
+    return _decode(path, path, sample_rate, min_samples)
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_RATE,
+                 min_samples: int = 400) -> np.ndarray:
+    """``load_audio`` on an in-memory file (an upload); ``name`` stands for the path in errors."""
+    if not data:
+        raise AudioError(name, "empty file (0 bytes)")
+    return _decode(bytes(data), name, sample_rate, min_samples)
+
+
+def stream_audio(path, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """Mono chunks of a long file, in constant memory.
+
+    Header errors raise here, before the first chunk. The chunks joined equal
+    ``load_audio`` to the last bit with soxr 1.1 (max difference 0.0 measured on 70 s
+    at 44.1 kHz in 10 s blocks: one-shot soxr runs the same streaming engine); tests
+    allow 1e-6 and one sample of length.
+
+    Args:
+        path: audio file.
+        sample_rate: output rate.
+        block_seconds: input read per step.
+
+    Yields:
+        (S_i,) float32 chunks at ``sample_rate``.
+
+    Raises:
+        AudioError: as ``audio_info`` at the call; during iteration for undecodable data
+            or NaN/Inf (with the time), and after the last chunk for a truncated or
+            all-zero file.
+    """
+    return _stream(audio_info(path), sample_rate, block_seconds)
+
+
+def _stream(info: AudioInfo, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
+    name, rate = info.path, info.sample_rate
+    size = max(1, round(block_seconds * rate))
+    resampler = None if rate == sample_rate else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32",
+                                                                     quality="HQ")
+    done, silent = 0, True
+    try:
+        f = sf.SoundFile(name)
+    except Exception as e:
+        raise AudioError(name, f"not audio or unsupported format ({_why(e)})") from e
+    with f:
+        while True:
+            # read(), not blocks(): blocks() ignores a short read and repeats stale samples.
+            try:
+                data = f.read(size, dtype="float32", always_2d=True)  # (n, C)
+            except Exception as e:
+                raise AudioError(name, f"undecodable at {done / rate:.3f} s ({_why(e)})") from e
+            if not len(data):
+                break
+            _check_finite(data, name, rate, start=done)
+            mono = data.mean(axis=1, dtype=np.float32)  # (n,)
+            silent = silent and not mono.any()
+            done += len(data)
+            out = mono if resampler is None else resampler.resample_chunk(mono)
+            if len(out):
+                yield out
+    if done < info.frames:
+        raise AudioError(name, f"truncated file: decoded {done} of {info.frames} frames")
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)  # the filter's delay line
+        if len(tail):
+            yield tail
+    if silent:
+        raise AudioError(name, "all-zero samples (digital silence)")

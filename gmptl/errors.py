@@ -1,0 +1,26 @@
+"""Errors that reach the user as one line: what is at fault, and why."""
+
+
+class GmptlError(Exception):
+    """Base class: its message is printed as is, without a traceback."""
+
+
+class AudioError(GmptlError):
+    """An audio file that cannot be used, with the path and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CorpusError(GmptlError):
+    """A corpus directory or manifest that cannot be read."""
+
+
+class ConfigError(GmptlError):
+    """A bad option or configuration value."""
+
+
+class EncoderError(GmptlError):
+    """A speech encoder that cannot be built or loaded."""

@@ -1,0 +1,69 @@
+"""The two models of GMP-TL: an utterance classifier (stages 1 and 3) and a masked predictor (stage 2)."""
+
+import torch
+from torch import nn
+
+from .encoders.base import SpeechEncoder
+from .heads import AMSoftmax, BiLSTMPool, LayerSelect, LinearP
+
+
+class UtteranceClassifier(nn.Module):
+    """Encoder -> layer -> BiLSTM -> mean pooling (MAP) -> LinearP heads (Fig. 1a, 1b right).
+
+    Args:
+        encoder: any ``SpeechEncoder``.
+        num_classes: emotion classes.
+        layer: hidden state feeding the head (negative from the top; None: learned weighted sum).
+        gender: add the gender head of stage 1's multi-task loss.
+        classifier: ``linear``: LinearP gives logits (stage 1, CE-FT); ``amsoftmax``:
+            LinearP gives an embedding scored by cosine against class weights (Hybrid-FT).
+        lstm_hidden, proj_hidden, embed_size, dropout: head sizes.
+    """
+
+    def __init__(self, encoder: SpeechEncoder, num_classes: int, layer: int | None = -1, gender: bool = True,
+                 classifier: str = "linear", lstm_hidden: int = 256, proj_hidden: int = 256,
+                 embed_size: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.layer = LayerSelect(encoder.num_layers + 1, layer)
+        self.pool = BiLSTMPool(encoder.hidden_size, lstm_hidden)
+        self.classifier = classifier
+        if classifier == "amsoftmax":
+            self.emotion = LinearP(self.pool.output_size, proj_hidden, embed_size, dropout)
+            self.amsoftmax = AMSoftmax(embed_size, num_classes)
+        else:
+            self.emotion = LinearP(self.pool.output_size, proj_hidden, num_classes, dropout)
+        self.gender = LinearP(self.pool.output_size, proj_hidden, 2, dropout) if gender else None
+
+    def head_parameters(self):
+        encoder_ids = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder_ids]
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> dict:
+        """Returns ``emotion`` (B, C) logits or cosines, ``gender`` (B, 2) logits or None,
+        and ``pooled`` (B, 2 * lstm_hidden) utterance features."""
+        out = self.encoder(waves, lengths)
+        pooled = self.pool(self.layer(out.hidden_states), out.lengths)
+        emotion = self.emotion(pooled)
+        if self.classifier == "amsoftmax":
+            emotion = self.amsoftmax(emotion)
+        return {"emotion": emotion, "gender": self.gender(pooled) if self.gender is not None else None,
+                "pooled": pooled}
+
+
+class MaskedPredictor(nn.Module):
+    """Stage 2 (Fig. 1b left): span-masked encoder, one LinearP per pseudo-label scale."""
+
+    def __init__(self, encoder: SpeechEncoder, scales: list[int], proj_hidden: int = 256):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleList(LinearP(encoder.hidden_size, proj_hidden, k) for k in scales)
+
+    def head_parameters(self):
+        return list(self.heads.parameters())
+
+    def forward(self, waves, lengths, frame_mask) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Returns per scale (B, T, K) logits, and (B,) frame lengths."""
+        out = self.encoder(waves, lengths, frame_mask=frame_mask)
+        top = out.hidden_states[-1]
+        return [head(top) for head in self.heads], out.lengths

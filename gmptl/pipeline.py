@@ -1,0 +1,172 @@
+"""GMP-TL for one fold: stage 1 -> pseudo-labels -> stage 2 -> stage 3 -> test.
+
+A fold directory holds one sub-directory per step (see README, "Artifact layout");
+each step is skipped when its ``done.json`` / ``report.json`` exists, so a killed
+run picks up where it stopped.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import losses
+from .config import Config
+from .corpora import Corpus, validation_split
+from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
+from .encoders import build_encoder
+from .masking import span_mask
+from .metrics import scores
+from .model import MaskedPredictor, UtteranceClassifier
+from .pseudo_labels import build_pseudo_labels, load_labels
+from .train import Stage, atomic_json, fit
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("gmp-tl", "finetune", "probe")
+
+
+def new_encoder(cfg: Config):
+    encoder = build_encoder(cfg.encoder.spec)
+    encoder.freeze_frontend(cfg.encoder.freeze_frontend)
+    return encoder
+
+
+def classifier(cfg: Config, encoder, num_classes: int, gender: bool, kind: str) -> UtteranceClassifier:
+    h = cfg.head
+    return UtteranceClassifier(encoder, num_classes, cfg.encoder.layer, gender=gender, classifier=kind,
+                               lstm_hidden=h.lstm_hidden, proj_hidden=h.proj_hidden, dropout=h.dropout)
+
+
+@torch.no_grad()
+def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batch_size: int = 16) -> np.ndarray:
+    """(N, C) emotion scores (logits or cosines) in ``data`` order."""
+    model.eval()
+    out = np.zeros((len(data), len(data.labels)), dtype=np.float32)
+    for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
+        out[batch.index.numpy()] = model(batch.waves, batch.lengths)["emotion"].float().numpy()
+    return out
+
+
+def classification_eval(data: AudioSet, max_seconds: float):
+    def evaluate(model) -> dict:
+        s = scores(data.emotion, predict(model, data, max_seconds).argmax(1), data.labels)
+        return {"score": s["uar"], "uar": s["uar"], "war": s["war"]}
+    return evaluate
+
+
+def stage1_loss(alpha: float):
+    def loss(model, batch: Batch, rng) -> torch.Tensor:
+        out = model(batch.waves, batch.lengths)
+        return losses.multitask_loss(out["emotion"], out["gender"], batch.emotion, batch.gender, alpha)
+    return loss
+
+
+def stage3_loss(kind: str, s: float, m: float):
+    def loss(model, batch: Batch, rng) -> torch.Tensor:
+        out = model(batch.waves, batch.lengths)["emotion"]
+        if kind == "amsoftmax":
+            return losses.am_softmax_loss(out, batch.emotion, s, m)
+        return F.cross_entropy(out, batch.emotion)
+    return loss
+
+
+def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: Config,
+                      rng: np.random.Generator) -> torch.Tensor:
+    """Masked-prediction loss of one batch; ``labels[i]`` holds utterance i's frame labels per scale."""
+    frames = model.encoder.frame_lengths(batch.lengths)
+    T = int(frames.max())
+    mask = span_mask(frames, cfg.stage2.mask_prob, cfg.stage2.mask_span, rng=rng)
+    targets = [torch.zeros(len(frames), T, dtype=torch.long) for _ in cfg.pseudo.scales]
+    valid = torch.zeros(len(frames), T, dtype=torch.bool)
+    for row, (i, offset) in enumerate(zip(batch.index.tolist(), batch.offset.tolist())):
+        first = offset // FRAME_HOP  # crops start on frame boundaries
+        for scale, utt_labels in enumerate(labels[i]):
+            take = utt_labels[first:first + int(frames[row])]
+            targets[scale][row, :len(take)] = torch.from_numpy(take.astype(np.int64))
+        valid[row, :len(take)] = True  # frames past the dumped ones (beyond 30 s) have no label
+    logits, _ = model(batch.waves, batch.lengths, mask)
+    return losses.masked_prediction_loss(logits, targets, mask, valid, cfg.stage2.unmasked_weight)
+
+
+def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path) -> dict:
+    """All steps of the configured system on fold ``k``; returns the fold's result (also in result.json)."""
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    fold = corpus.fold(k)
+    train_utts, valid_utts = validation_split(fold.train, cfg.data.valid_fraction, seed=cfg.train.seed)
+    log.info("fold %d: train %d utterances, valid %d (speakers %s), test %d (speakers %s)", k, len(train_utts),
+             len(valid_utts), ", ".join(sorted({u.speaker for u in valid_utts})), len(fold.test),
+             ", ".join(fold.test_speakers))
+    train = AudioSet(train_utts, corpus.labels, "train")
+    valid = AudioSet(valid_utts, corpus.labels, "valid")
+    test = AudioSet(fold.test, corpus.labels, "test")
+    C, d = len(corpus.labels), cfg.data
+    stages = {}
+
+    # Stage 1: encoder + BiLSTM/MAP/LinearP, alpha * CE(emotion) + (1 - alpha) * CE(gender).
+    torch.manual_seed(cfg.train.seed * 10 + 1)  # initial weights: a resumed run rebuilds the same model
+    model = classifier(cfg, new_encoder(cfg), C, gender=cfg.stage1.alpha < 1.0, kind="linear")
+    stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
+                                 classification_eval(valid, d.eval_max_seconds), cfg.stage1.epochs),
+                           train, cfg.train, d.max_seconds, out / "stage1")
+
+    if cfg.system == "gmp-tl":
+        # Pseudo-labels: k-means at every scale on one layer of the stage-1 encoder, training frames only.
+        p = cfg.pseudo
+        stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, out / "pseudo", p.layer, p.scales,
+                                               p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds)
+        train_labels = load_labels(out / "pseudo", "train", p.scales)
+        valid_labels = load_labels(out / "pseudo", "valid", p.scales)
+
+        # Stage 2: masked prediction of the pseudo-labels, one LinearP per scale.
+        torch.manual_seed(cfg.train.seed * 10 + 2)
+        encoder = new_encoder(cfg)
+        if cfg.stage2.init == "stage1":
+            encoder.load_state_dict(model.encoder.state_dict())
+        predictor = MaskedPredictor(encoder, p.scales, cfg.head.proj_hidden)
+
+        def stage2_eval(m) -> dict:
+            rng = np.random.default_rng([cfg.train.seed, 2])  # the same masks at every epoch
+            total = n = 0
+            for batch in epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None):
+                total += float(stage2_batch_loss(m, batch, valid_labels, cfg, rng)) * len(batch.index)
+                n += len(batch.index)
+            return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
+
+        stages["stage2"] = fit(Stage("stage2", predictor,
+                                     lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
+                                     stage2_eval, cfg.stage2.epochs),
+                               train, cfg.train, d.max_seconds, out / "stage2")
+
+        # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
+        s3 = cfg.stage3
+        torch.manual_seed(cfg.train.seed * 10 + 3)
+        model = classifier(cfg, predictor.encoder, C, gender=False,
+                           kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
+        stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
+                                     classification_eval(valid, d.eval_max_seconds), s3.epochs),
+                               train, cfg.train, d.max_seconds, out / "stage3")
+
+    # Test: the final model on the fold's test speakers, once.
+    scores_test = predict(model, test, d.eval_max_seconds)
+    pred = scores_test.argmax(1)
+    with open(out / "predictions.jsonl", "w") as f:
+        for u, y, p_, row in zip(test.utterances, test.emotion, pred, scores_test):
+            f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": corpus.labels[y],
+                                "predicted": corpus.labels[p_], "scores": [round(float(v), 5) for v in row]}) + "\n")
+    result = {"fold": k, "test_speakers": fold.test_speakers, "valid_speakers": sorted({u.speaker for u in valid_utts}),
+              **scores(test.emotion, pred, corpus.labels),
+              "failed_files": [str(e) for e in train.failed + valid.failed + test.failed],
+              "stages": {name: {key: v for key, v in s.items() if key != "history"} if isinstance(s, dict) else s
+                         for name, s in stages.items()},
+              "wall_s": round(time.perf_counter() - start, 1)}
+    atomic_json(result, result_path)
+    return result

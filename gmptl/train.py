@@ -1,0 +1,162 @@
+"""One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints."""
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .data import AudioSet, Batch, epoch_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """What one stage trains and how it is judged.
+
+    Attributes:
+        name: directory name and log label.
+        model: a module with ``encoder`` and ``head_parameters()``.
+        loss: (model, batch, rng) -> scalar loss of a micro-batch.
+        evaluate: model -> dict with ``score`` (higher is better) and any metrics to log.
+        epochs: most epochs to run (early stopping may end it sooner).
+    """
+
+    name: str
+    model: torch.nn.Module
+    loss: Callable[[torch.nn.Module, Batch, np.random.Generator], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module], dict]
+    epochs: int
+
+
+def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors written to a temporary file and renamed: a kill leaves the old file or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Adam:
+    head = {id(p) for p in model.head_parameters()}
+    encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    heads = [p for p in model.head_parameters() if p.requires_grad]
+    return torch.optim.Adam([{"params": encoder, "lr": cfg.lr},
+                             {"params": heads, "lr": cfg.head_lr or cfg.lr}])
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
+    """Adam's state as flat named tensors (safetensors holds no pickles)."""
+    out = {}
+    for i, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optimizer.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    state_dict = opt.state_dict()
+    state: dict = {}
+    for name, value in tensors.items():
+        _, i, key = name.split(".", 2)
+        state.setdefault(int(i), {})[key] = value
+    state_dict["state"] = state
+    opt.load_state_dict(state_dict)
+
+
+def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out_dir: Path) -> dict:
+    """Train ``stage.model`` on ``train``; returns the summary of ``done.json``.
+
+    Every epoch ends with ``last.safetensors`` (model and optimizer) + ``last.json``
+    (epoch, best score, history), and ``best.safetensors`` when validation improved;
+    a run killed at any moment resumes from the last finished epoch and, since each
+    epoch's shuffling, crops, masks and dropout are seeded by (seed, epoch), ends
+    with the same weights as an uninterrupted run. A finished stage is skipped.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = out_dir / "done.json"
+    model = stage.model
+    if done.exists():
+        model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+        return json.loads(done.read_text())
+
+    opt = make_optimizer(model, cfg)
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    last = out_dir / "last.safetensors"
+    if last.exists():
+        tensors = load_file(str(last))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
+        state = json.loads((out_dir / "last.json").read_text())
+        log.info("%s: resuming after epoch %d", stage.name, state["epoch"])
+
+    accumulate = cfg.batch_size // cfg.micro_batch
+    logfile = out_dir / "log.jsonl"
+    while state["epoch"] < stage.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
+        rng = np.random.default_rng([cfg.seed, epoch])  # order, crops, masks
+        batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
+        model.train()
+        start, total, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(batches, desc=f"{stage.name} epoch {epoch}/{stage.epochs}", unit="batch", leave=False,
+                   disable=None)
+        opt.zero_grad(set_to_none=True)
+        for step, batch in enumerate(bar):
+            # Each step averages over up to `accumulate` micro-batches (the last step may hold fewer).
+            group = batches[step - step % accumulate: step - step % accumulate + accumulate]
+            weight = len(batch.index) / sum(len(b.index) for b in group)
+            loss = stage.loss(model, batch, rng)
+            (loss * weight).backward()
+            total += loss.item() * len(batch.index)
+            seen += len(batch.index)
+            if step % accumulate == accumulate - 1 or step == len(batches) - 1:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+        train_s = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            metrics = stage.evaluate(model)
+        audio_s = sum(float(b.lengths.sum()) for b in batches) / train.sample_rate
+        record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
+                  "train_s": round(train_s, 1), "train_audio_s_per_s": round(audio_s / train_s, 1),
+                  **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
+        improved = metrics["score"] > state["best"]
+        state.update(epoch=epoch, history=state["history"] + [record])
+        if improved:
+            state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
+            atomic_save(model.state_dict(), out_dir / "best.safetensors")
+        else:
+            state["bad_epochs"] += 1
+        atomic_save({**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)}, last)
+        atomic_json(state, out_dir / "last.json")
+        tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
+        os.replace(tmp, logfile)
+        log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
+                 record["train_loss"], metrics["score"], " *" if improved else "", train_s)
+
+    model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+    summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+               "best_score": state["best"], "history": state["history"]}
+    atomic_json(summary, done)
+    last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
+    return summary

@@ -1,0 +1,49 @@
+"""Configs load typed, fail loudly on unknown keys and wrong types, and take overrides."""
+
+import pytest
+
+from gmptl.config import Config, load_config
+from gmptl.errors import ConfigError
+
+
+def test_defaults_are_the_papers_values():
+    c = load_config()
+    assert (c.stage1.alpha, c.pseudo.layer, c.pseudo.scales) == (0.9, -3, [64, 512, 4096])
+    assert (c.stage3.loss, c.stage3.scale, c.stage3.margin) == ("amsoftmax", 30.0, 0.2)
+    assert (c.train.lr, c.train.batch_size, c.stage2.mask_prob, c.stage2.mask_span) == (1e-4, 64, 0.8, 10)
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  corpus: emodb\n  classes: [neutral, angry]\ntrain:\n  lr: 3e-4\n  seed: 4\n")
+    c = load_config(path, ["train.seed=7", "pseudo.scales=[8, 16]", "encoder.layer=null", "stage3.loss=ce"])
+    assert isinstance(c, Config)
+    assert c.data.corpus == "emodb" and c.data.classes == ["neutral", "angry"]
+    assert c.train.lr == 3e-4 and c.train.seed == 7 and c.pseudo.scales == [8, 16]
+    assert c.encoder.layer is None and c.stage3.loss == "ce"
+    assert load_config(None, ["stage1.alpha=1"]).stage1.alpha == 1.0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["nope.x=1"], "unknown config key 'nope'"),
+    (["train.seed=abc"], "train.seed: expected int"),
+    (["train.seed=1.5"], "train.seed: expected int"),
+    (["pseudo.scales=64"], "pseudo.scales: expected a list"),
+    (["encoder.freeze_frontend=3"], "encoder.freeze_frontend: expected bool"),
+    (["stage3.loss=hinge"], "stage3.loss must be"),
+    (["train.micro_batch=10"], "multiple of train.micro_batch"),
+    (["train.lr"], "expected key=value"),
+])
+def test_bad_values_fail_with_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)

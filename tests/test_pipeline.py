@@ -1,0 +1,116 @@
+"""`gmptl cv` end to end on a generated corpus with a tiny random encoder, and resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gmptl.__main__ import main
+from synth_corpus import make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(["cv", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "stage2.epochs=6",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_cv_writes_every_artifact(reference_run, capsys):
+    out = reference_run
+    assert json.loads((out / "config.json").read_text())["stage2"]["epochs"] == 6
+    for k in (1, 2):
+        fold = out / f"fold{k}"
+        for stage in ("stage1", "stage2", "stage3"):
+            done = json.loads((fold / stage / "done.json").read_text())
+            assert (fold / stage / "best.safetensors").stat().st_size > 0
+            assert not (fold / stage / "last.safetensors").exists(), "optimizer state removed once done"
+            log = [json.loads(line) for line in (fold / stage / "log.jsonl").read_text().splitlines()]
+            assert [r["epoch"] for r in log] == list(range(1, done["epochs"] + 1))
+        pseudo = fold / "pseudo"
+        report = json.loads((pseudo / "report.json").read_text())
+        lengths = np.load(pseudo / "train.lengths.npy")
+        feats = np.load(pseudo / "train.features.npy", mmap_mode="r")
+        assert feats.dtype == np.float16 and feats.shape == (lengths.sum(), 32)
+        for scale in (4, 8, 16):
+            centroids = np.load(pseudo / f"km{scale}.centroids.npy")
+            labels = np.load(pseudo / f"train.km{scale}.labels.npy")
+            assert centroids.shape == (scale, 32) and labels.shape == (lengths.sum(),)
+            entry = report["scales"][str(scale)]
+            assert 1 <= entry["clusters_used"] <= scale and 0 <= entry["emotion"]["nmi"] <= 1
+            assert len(np.load(pseudo / f"valid.km{scale}.labels.npy")) == np.load(pseudo / "valid.lengths.npy").sum()
+        ids = set((pseudo / "train.ids.txt").read_text().split()) | set((pseudo / "valid.ids.txt").read_text().split())
+        result = json.loads((fold / "result.json").read_text())
+        assert not ids & {json.loads(line)["id"] for line in (fold / "predictions.jsonl").read_text().splitlines()}, \
+            "k-means never sees a test utterance"
+        assert not set(result["valid_speakers"]) & set(result["test_speakers"])
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_metrics_equal_scikit_learn(reference_run):
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    summary = json.loads((reference_run / "summary.json").read_text())
+    labels = summary["labels"]
+    per_fold = []
+    for k in (1, 2):
+        rows = [json.loads(line) for line in (reference_run / f"fold{k}" / "predictions.jsonl").read_text().splitlines()]
+        y = [labels.index(r["emotion"]) for r in rows]
+        p = [labels.index(r["predicted"]) for r in rows]
+        assert p == [int(np.argmax(r["scores"])) for r in rows]
+        present = sorted(set(y))
+        per_fold.append((100 * accuracy_score(y, p), 100 * recall_score(y, p, labels=present, average="macro"),
+                         100 * f1_score(y, p, labels=present, average="macro")))
+    war, uar, f1 = np.array(per_fold).T
+    assert summary["war_mean"] == pytest.approx(war.mean()) and summary["war_std"] == pytest.approx(war.std(ddof=1))
+    assert summary["uar_mean"] == pytest.approx(uar.mean()) and summary["f1_mean"] == pytest.approx(f1.mean())
+    assert summary["commit"] is None or len(summary["commit"]) == 40
+
+
+def test_resume_after_kill_gives_identical_results(corpus, reference_run, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gmptl", "cv", "--config", str(CONFIG), "--set", f"data.root={corpus}",
+           "--set", "stage2.epochs=6", "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "fold1" / "stage2" / "last.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (out / "fold1" / "stage2" / "done.json").exists(), "killed mid stage 2"
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    ours, reference = (json.loads((d / "summary.json").read_text()) for d in (out, reference_run))
+    for key in ("war_mean", "uar_mean", "f1_mean", "confusion"):
+        assert ours[key] == reference[key], key
+    for k in (1, 2):
+        a, b = ((d / f"fold{k}" / "predictions.jsonl").read_text() for d in (out, reference_run))
+        assert a == b, f"fold {k} predictions differ after resume"
+
+
+def test_bad_folds_and_config_fail_in_one_line(corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["cv", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--folds", "7", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--folds" in err[0] and "not [7]" in err[0]
+    with pytest.raises(SystemExit):
+        main(["cv", "--config", str(CONFIG), "--set", "train.lrr=1", "--out", str(tmp_path)])
+    assert "unknown config key 'train.lrr'" in capsys.readouterr().err
