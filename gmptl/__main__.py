@@ -74,6 +74,28 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .corpora import load_corpus, validation_split
+    from .cv import claim_run_dir
+    from .pipeline import run_fold, run_split
+
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out)
+    claim_run_dir(cfg, out)
+    corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+    if args.fold:
+        result = run_fold(cfg, corpus, args.fold, out)
+    else:
+        train, valid = validation_split(corpus.utterances, cfg.data.valid_fraction, seed=cfg.train.seed)
+        result = run_split(cfg, corpus.labels, train, valid, [], out, {"fold": None, "test_speakers": []})
+    line = f"model: {out / 'model'}"
+    if "uar" in result:
+        line += f"  (fold {args.fold} test: WAR {result['war']:.2f}, UAR {result['uar']:.2f})"
+    print(line)
+    return 0
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -92,6 +114,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("train", help="train a system on a whole corpus (or one fold) into a model directory")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--fold", type=int, help="train on this fold's training speakers and test on its own")
+    p.add_argument("--out", required=True, help="run directory; the model lands in OUT/model; rerun to resume")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
     p.add_argument("--json", action="store_true", help="print a JSON list")

@@ -135,7 +135,7 @@ def to_mono_resampled(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RAT
 
 def _decode(source, name: str, sample_rate: int, min_samples: int) -> np.ndarray:
     """Decode a path or bytes, with every check; ``name`` is what errors report."""
-    opened = (lambda: io.BytesIO(source)) if isinstance(source, (bytes, bytearray, memoryview)) else (lambda: source)
+    opened = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)  # fresh each open
     info = _header(opened(), name)
     try:
         data, _ = sf.read(opened(), dtype="float32", always_2d=True)  # (S, C)
@@ -207,8 +207,8 @@ def stream_audio(path, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30
 def _stream(info: AudioInfo, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
     name, rate = info.path, info.sample_rate
     size = max(1, round(block_seconds * rate))
-    resampler = None if rate == sample_rate else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32",
-                                                                     quality="HQ")
+    resampler = (None if rate == sample_rate
+                 else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ"))
     done, silent = 0, True
     try:
         f = sf.SoundFile(name)

@@ -80,6 +80,16 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def claim_run_dir(cfg: Config, out: Path) -> None:
+    """Save the resolved config in ``out``; refuse to resume a run of another config there."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    resolved = cfg.to_dict()
+    if saved.exists() and json.loads(saved.read_text()) != resolved:
+        raise ConfigError(f"{out}: holds a run of another config; use another --out or remove it")
+    atomic_json(resolved, saved)
+
+
 def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
     """Run the configured system on ``folds`` (all by default) and write ``summary.json``."""
     corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
@@ -90,12 +100,7 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
     bad = [k for k in folds if k not in available]
     if bad:
         raise ConfigError(f"--folds: {corpus.name} has folds {available[0]}..{available[-1]}, not {bad}")
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    resolved = cfg.to_dict()
-    if saved.exists() and json.loads(saved.read_text()) != resolved:
-        raise ConfigError(f"{out}: holds a run of another config; use another --out or remove it")
-    atomic_json(resolved, saved)
+    claim_run_dir(cfg, out)
     start = time.perf_counter()
     results = []
     for k in folds:

@@ -33,7 +33,7 @@ class LinearP(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(input_size, hidden_size), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden_size, output_size))
-        self.input_size, self.output_size = input_size, output_size
+        self.input_size, self.hidden_size, self.output_size, self.dropout = input_size, hidden_size, output_size, dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -45,7 +45,7 @@ class BiLSTMPool(nn.Module):
     def __init__(self, input_size: int, hidden_size: int = 256):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)
-        self.input_size, self.output_size = input_size, 2 * hidden_size
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, 2 * hidden_size
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # Packing keeps the backward direction from starting in the padding.

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from . import losses
 from .config import Config
 from .corpora import Corpus, validation_split
+from .errors import ConfigError
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
 from .masking import span_mask
@@ -93,22 +94,9 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
     return losses.masked_prediction_loss(logits, targets, mask, valid, cfg.stage2.unmasked_weight)
 
 
-def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path) -> dict:
-    """All steps of the configured system on fold ``k``; returns the fold's result (also in result.json)."""
-    result_path = out / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    fold = corpus.fold(k)
-    train_utts, valid_utts = validation_split(fold.train, cfg.data.valid_fraction, seed=cfg.train.seed)
-    log.info("fold %d: train %d utterances, valid %d (speakers %s), test %d (speakers %s)", k, len(train_utts),
-             len(valid_utts), ", ".join(sorted({u.speaker for u in valid_utts})), len(fold.test),
-             ", ".join(fold.test_speakers))
-    train = AudioSet(train_utts, corpus.labels, "train")
-    valid = AudioSet(valid_utts, corpus.labels, "valid")
-    test = AudioSet(fold.test, corpus.labels, "test")
-    C, d = len(corpus.labels), cfg.data
+def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSet, out: Path):
+    """Train the configured system; returns the final classifier, its weights file and stage summaries."""
+    C, d = len(labels), cfg.data
     stages = {}
 
     # Stage 1: encoder + BiLSTM/MAP/LinearP, alpha * CE(emotion) + (1 - alpha) * CE(gender).
@@ -117,56 +105,125 @@ def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path) -> dict:
     stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
                                  classification_eval(valid, d.eval_max_seconds), cfg.stage1.epochs),
                            train, cfg.train, d.max_seconds, out / "stage1")
+    if cfg.system != "gmp-tl":
+        return model, out / "stage1" / "best.safetensors", stages
 
-    if cfg.system == "gmp-tl":
-        # Pseudo-labels: k-means at every scale on one layer of the stage-1 encoder, training frames only.
-        p = cfg.pseudo
-        stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, out / "pseudo", p.layer, p.scales,
-                                               p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds)
-        train_labels = load_labels(out / "pseudo", "train", p.scales)
-        valid_labels = load_labels(out / "pseudo", "valid", p.scales)
+    # Pseudo-labels: k-means at every scale on one layer of the stage-1 encoder, training frames only.
+    p = cfg.pseudo
+    stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, out / "pseudo", p.layer, p.scales,
+                                           p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds)
+    train_labels = load_labels(out / "pseudo", "train", p.scales)
+    valid_labels = load_labels(out / "pseudo", "valid", p.scales)
 
-        # Stage 2: masked prediction of the pseudo-labels, one LinearP per scale.
-        torch.manual_seed(cfg.train.seed * 10 + 2)
-        encoder = new_encoder(cfg)
-        if cfg.stage2.init == "stage1":
-            encoder.load_state_dict(model.encoder.state_dict())
-        predictor = MaskedPredictor(encoder, p.scales, cfg.head.proj_hidden)
+    # Stage 2: masked prediction of the pseudo-labels, one LinearP per scale.
+    torch.manual_seed(cfg.train.seed * 10 + 2)
+    encoder = new_encoder(cfg)
+    if cfg.stage2.init == "stage1":
+        encoder.load_state_dict(model.encoder.state_dict())
+    predictor = MaskedPredictor(encoder, p.scales, cfg.head.proj_hidden)
 
-        def stage2_eval(m) -> dict:
-            rng = np.random.default_rng([cfg.train.seed, 2])  # the same masks at every epoch
-            total = n = 0
-            for batch in epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None):
-                total += float(stage2_batch_loss(m, batch, valid_labels, cfg, rng)) * len(batch.index)
-                n += len(batch.index)
-            return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
+    def stage2_eval(m) -> dict:
+        rng = np.random.default_rng([cfg.train.seed, 2])  # the same masks at every epoch
+        total = n = 0
+        for batch in epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None):
+            total += stage2_batch_loss(m, batch, valid_labels, cfg, rng).item() * len(batch.index)
+            n += len(batch.index)
+        return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
 
-        stages["stage2"] = fit(Stage("stage2", predictor,
-                                     lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
-                                     stage2_eval, cfg.stage2.epochs),
-                               train, cfg.train, d.max_seconds, out / "stage2")
+    stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
+                                 stage2_eval, cfg.stage2.epochs),
+                           train, cfg.train, d.max_seconds, out / "stage2")
 
-        # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
-        s3 = cfg.stage3
-        torch.manual_seed(cfg.train.seed * 10 + 3)
-        model = classifier(cfg, predictor.encoder, C, gender=False,
-                           kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
-        stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
-                                     classification_eval(valid, d.eval_max_seconds), s3.epochs),
-                               train, cfg.train, d.max_seconds, out / "stage3")
+    # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
+    s3 = cfg.stage3
+    torch.manual_seed(cfg.train.seed * 10 + 3)
+    model = classifier(cfg, predictor.encoder, C, gender=False, kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
+    stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
+                                 classification_eval(valid, d.eval_max_seconds), s3.epochs),
+                           train, cfg.train, d.max_seconds, out / "stage3")
+    return model, out / "stage3" / "best.safetensors", stages
 
-    # Test: the final model on the fold's test speakers, once.
-    scores_test = predict(model, test, d.eval_max_seconds)
-    pred = scores_test.argmax(1)
+
+def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> dict:
+    """One line per test utterance in ``out/predictions.jsonl``; returns the test scores."""
+    pred = emotion_scores.argmax(1)
     with open(out / "predictions.jsonl", "w") as f:
-        for u, y, p_, row in zip(test.utterances, test.emotion, pred, scores_test):
-            f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": corpus.labels[y],
-                                "predicted": corpus.labels[p_], "scores": [round(float(v), 5) for v in row]}) + "\n")
-    result = {"fold": k, "test_speakers": fold.test_speakers, "valid_speakers": sorted({u.speaker for u in valid_utts}),
-              **scores(test.emotion, pred, corpus.labels),
+        for u, y, p, row in zip(test.utterances, test.emotion, pred, emotion_scores):
+            f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": test.labels[y],
+                                "predicted": test.labels[p], "scores": [round(float(v), 5) for v in row]}) + "\n")
+    return scores(test.emotion, pred, test.labels)
+
+
+def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out: Path, info: dict,
+              start: float) -> dict:
+    """The frozen-encoder baseline: no fine-tuning, the layer chosen on validation speakers."""
+    from .baselines import probe
+
+    found = probe(new_encoder(cfg), train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
+    result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances}),
+              **write_predictions(test, found["probabilities"], out),
+              "probe": {"layer": found["layer"], "valid_uar_per_layer": found["valid_uar_per_layer"]},
               "failed_files": [str(e) for e in train.failed + valid.failed + test.failed],
-              "stages": {name: {key: v for key, v in s.items() if key != "history"} if isinstance(s, dict) else s
-                         for name, s in stages.items()},
               "wall_s": round(time.perf_counter() - start, 1)}
+    atomic_json(result, out / "result.json")
+    return result
+
+
+def test_model(model, test: AudioSet, max_seconds: float, out: Path) -> dict:
+    """Scores of ``model`` on ``test``; one line per utterance in ``out/predictions.jsonl``."""
+    return write_predictions(test, predict(model, test, max_seconds), out)
+
+
+def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict) -> Path:
+    """The final model as a model directory (``out/model``), with its pseudo-label centroids."""
+    from .cv import provenance
+    from .modeldir import save_model_dir
+
+    centroids = {}
+    if cfg.system == "gmp-tl":
+        centroids = {f"km{k}": torch.from_numpy(np.load(out / "pseudo" / f"km{k}.centroids.npy"))
+                     for k in cfg.pseudo.scales}
+    extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
+             "metrics": metrics, "config": cfg.to_dict(), "provenance": provenance()}
+    return save_model_dir(out / "model", model, labels, weights, extra, centroids)
+
+
+def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict) -> dict:
+    """Train on ``train_utts`` (choosing on ``valid_utts``), test on ``test_utts`` (if any), export the model."""
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log.info("train %d utterances, valid %d (speakers %s), test %d", len(train_utts), len(valid_utts),
+             ", ".join(sorted({u.speaker for u in valid_utts})), len(test_utts))
+    train = AudioSet(train_utts, labels, "train")
+    valid = AudioSet(valid_utts, labels, "valid")
+    if cfg.system == "probe":
+        if not test_utts:
+            raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
+        return run_probe(cfg, train, valid, AudioSet(test_utts, labels, "test"), out, info, start)
+    model, weights, stages = train_system(cfg, labels, train, valid, out)
+    failed = train.failed + valid.failed
+    result = {**info, "valid_speakers": sorted({u.speaker for u in valid_utts})}
+    if test_utts:
+        test = AudioSet(test_utts, labels, "test")
+        failed += test.failed
+        result.update(test_model(model, test, cfg.data.eval_max_seconds, out))
+    result.update(failed_files=[str(e) for e in failed],
+                  stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
+                  wall_s=round(time.perf_counter() - start, 1))
+    metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
+    metrics["valid_uar"] = stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
+    export(cfg, model, weights, labels, out, metrics)
     atomic_json(result, result_path)
     return result
+
+
+def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path) -> dict:
+    """The configured system on fold ``k``: validation speakers from its training speakers, test on its own."""
+    fold = corpus.fold(k)
+    train_utts, valid_utts = validation_split(fold.train, cfg.data.valid_fraction, seed=cfg.train.seed)
+    log.info("fold %d: test speakers %s", k, ", ".join(fold.test_speakers))
+    return run_split(cfg, corpus.labels, train_utts, valid_utts, fold.test, out,
+                     {"fold": k, "test_speakers": fold.test_speakers})

@@ -114,3 +114,53 @@ def test_bad_folds_and_config_fail_in_one_line(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["cv", "--config", str(CONFIG), "--set", "train.lrr=1", "--out", str(tmp_path)])
     assert "unknown config key 'train.lrr'" in capsys.readouterr().err
+
+
+def test_fold_model_directory_reproduces_the_test_predictions(reference_run, corpus):
+    from gmptl.corpora import load_corpus
+    from gmptl.data import AudioSet
+    from gmptl.modeldir import load_centroids, load_model_dir
+    from gmptl.pipeline import predict
+
+    model, meta = load_model_dir(reference_run / "fold1" / "model")
+    assert meta["labels"] == json.loads((reference_run / "summary.json").read_text())["labels"]
+    assert meta["head"]["classifier"] == "amsoftmax" and meta["pseudo_labels"]["scales"] == [4, 8, 16]
+    assert {k: v.shape[0] for k, v in load_centroids(reference_run / "fold1" / "model").items()} == \
+        {"km4": 4, "km8": 8, "km16": 16}
+    rows = [json.loads(line) for line in (reference_run / "fold1" / "predictions.jsonl").read_text().splitlines()]
+    by_id = {u.id: u for u in load_corpus("manifest", corpus).utterances}
+    data = AudioSet([by_id[r["id"]] for r in rows], meta["labels"])
+    got = predict(model, data, max_seconds=2.0)
+    assert np.allclose(got, np.array([r["scores"] for r in rows]), atol=1e-4)
+
+
+def test_train_command_writes_a_loadable_model(corpus, tmp_path, capsys):
+    from gmptl.modeldir import load_model_dir
+
+    out = tmp_path / "train"
+    assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=finetune",
+                 "--set", "stage1.alpha=1.0", "--out", str(out)]) == 0
+    assert f"model: {out / 'model'}" in capsys.readouterr().out
+    model, meta = load_model_dir(out / "model")
+    assert model.gender is None and meta["head"]["classifier"] == "linear" and meta["centroids"] == []
+    result = json.loads((out / "result.json").read_text())
+    assert "uar" not in result and result["valid_speakers"], "all speakers train, some validate, none test"
+    with pytest.raises(Exception, match="not a gmptl model directory"):
+        load_model_dir(tmp_path)
+
+
+def test_frozen_probe_baseline(corpus, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["cv", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=probe",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["system"] == "probe" and len(summary["folds"]) == 2
+    for k in (1, 2):
+        result = json.loads((out / f"fold{k}" / "result.json").read_text())
+        per_layer = result["probe"]["valid_uar_per_layer"]
+        assert len(per_layer) == 3 and result["probe"]["layer"] == int(np.argmax(per_layer))
+    # a linear probe separates the generated classes' pitch and loudness well above chance (25 %)
+    assert summary["uar_mean"] > 40
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=probe",
+              "--out", str(tmp_path / "t")])

@@ -1,0 +1,100 @@
+"""A trained model on disk: ``config.json`` + ``model.safetensors`` (+ ``centroids.safetensors``). No pickles.
+
+``config.json`` holds everything needed to rebuild the network without the hub:
+the encoder's transformers config, the head sizes, the label names, the training
+config, metrics and provenance. ``centroids.safetensors`` holds the pseudo-label
+centroids (``km<K>``: (K, D) float32) for models trained with GMP-TL.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .encoders import SpeechEncoder
+from .errors import GmptlError
+from .model import UtteranceClassifier
+
+FORMAT = "gmptl-model/1"
+
+
+def encoder_description(encoder: SpeechEncoder) -> dict:
+    """How to rebuild ``encoder``'s architecture offline (its weights travel in the safetensors)."""
+    return {**encoder.describe(), "transformers_config": encoder.model.config.to_dict(),
+            "normalize": bool(getattr(encoder, "normalize", False))}
+
+
+def encoder_from_description(desc: dict) -> SpeechEncoder:
+    import transformers
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from .encoders.wav2vec2 import Wav2Vec2FamilyEncoder
+    from .encoders.whisper import WhisperSpeechEncoder
+
+    config = dict(desc["transformers_config"])
+    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    if config.model_type == "whisper":
+        return WhisperSpeechEncoder(WhisperEncoder(config), desc["name"])
+    return Wav2Vec2FamilyEncoder(transformers.AutoModel.from_config(config), desc["name"], desc["normalize"])
+
+
+def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], weights: Path, extra: dict,
+                   centroids: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a model directory from a trained classifier whose state is in ``weights``.
+
+    The weights file is hard-linked where the file system allows it (no second copy
+    of a large encoder), copied otherwise. ``extra`` joins config.json (metrics, config,
+    provenance).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "model.safetensors"
+    tmp = out / "model.safetensors.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(weights, tmp)
+    except OSError:
+        shutil.copyfile(weights, tmp)
+    os.replace(tmp, target)
+    if centroids:
+        save_file({k: v.contiguous() for k, v in centroids.items()}, str(out / "centroids.safetensors"))
+    meta = {"format": FORMAT, "labels": list(labels), "sample_rate": model.encoder.sample_rate,
+            "encoder": encoder_description(model.encoder),
+            "head": {"layer": model.layer.index, "classifier": model.classifier, "gender": model.gender is not None,
+                     "lstm_hidden": model.pool.hidden_size, "proj_hidden": model.emotion.hidden_size,
+                     "embed_size": model.emotion.output_size if model.classifier == "amsoftmax" else None,
+                     "dropout": model.emotion.dropout},
+            "centroids": sorted(centroids) if centroids else [], **extra}
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "config.json")
+    return out
+
+
+def load_model_dir(path) -> tuple[UtteranceClassifier, dict]:
+    """The classifier of a model directory, in eval mode, and its config.json."""
+    path = Path(path)
+    config_path, weights = path / "config.json", path / "model.safetensors"
+    for f in (config_path, weights):
+        if not f.is_file():
+            raise GmptlError(f"{path}: not a gmptl model directory (no {f.name})")
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise GmptlError(f"{config_path}: not valid JSON ({e.msg})") from None
+    if meta.get("format") != FORMAT:
+        raise GmptlError(f"{config_path}: format {meta.get('format')!r}, this gmptl reads {FORMAT}")
+    h = meta["head"]
+    model = UtteranceClassifier(encoder_from_description(meta["encoder"]), len(meta["labels"]), h["layer"],
+                                gender=h["gender"], classifier=h["classifier"], lstm_hidden=h["lstm_hidden"],
+                                proj_hidden=h["proj_hidden"], embed_size=h["embed_size"] or 128,
+                                dropout=h["dropout"])
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), meta
+
+
+def load_centroids(path) -> dict[str, torch.Tensor]:
+    f = Path(path) / "centroids.safetensors"
+    return load_file(str(f)) if f.is_file() else {}

@@ -1,0 +1,56 @@
+"""Pseudo-label steps: nearest centroid against numpy, k-means on clustered data, quality scores."""
+
+import numpy as np
+import pytest
+
+from gmptl.pseudo_labels import assign, fit_kmeans, quality
+
+
+def test_assign_equals_numpy_reference():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((5000, 24)).astype(np.float16)  # dumps are float16
+    centroids = rng.standard_normal((37, 24)).astype(np.float32)
+    labels, inertia = assign(feats, centroids, chunk=777)  # chunks that do not divide the frames
+    x = feats.astype(np.float64)
+    d = ((x[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1)
+    expected = d.argmin(1)
+    # float32 distances may break exact ties differently: allow only true near-ties to differ
+    differ = labels != expected
+    assert differ.mean() < 1e-3
+    assert np.allclose(d[differ, labels[differ]], d[differ, expected[differ]], rtol=1e-4)
+    assert inertia == pytest.approx(d.min(1).sum(), rel=1e-4)
+
+
+def test_assign_streams_a_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "f.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(3000, 8))
+    mm[:] = rng.standard_normal((3000, 8))
+    mm.flush()
+    feats = np.load(path, mmap_mode="r")
+    centroids = rng.standard_normal((5, 8)).astype(np.float32)
+    assert np.array_equal(assign(feats, centroids, chunk=256)[0], assign(np.asarray(feats), centroids)[0])
+
+
+def test_kmeans_recovers_separated_clusters_and_is_seeded():
+    rng = np.random.default_rng(2)
+    centers = np.eye(4, 16) * 40  # four clusters far apart
+    truth = rng.integers(0, 4, 4000)
+    feats = (centers[truth] + rng.standard_normal((4000, 16))).astype(np.float16)
+    a = fit_kmeans(feats, 4, max_frames=3000, iterations=20, seed=0)
+    b = fit_kmeans(feats, 4, max_frames=3000, iterations=20, seed=0)
+    assert np.array_equal(a, b), "same seed, same centroids"
+    labels, inertia = assign(feats, a)
+    assert inertia < 1.2 * 4000 * 16, "about one unit of variance per dimension is left"
+    scores = quality(labels, truth, 4)
+    assert scores["nmi"] > 0.95 and scores["purity"] > 0.95
+    with pytest.raises(ValueError, match="cannot make"):
+        fit_kmeans(feats[:5], 8, max_frames=100, iterations=5, seed=0)
+
+
+def test_quality_on_known_tables():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert quality(labels, np.array([0, 0, 1, 1, 1, 1]), 3)["purity"] == 1.0
+    assert quality(labels, np.array([0, 1, 0, 1, 0, 1]), 3) == {"nmi": pytest.approx(0.0, abs=1e-12),
+                                                                "purity": 0.5}
+    assert quality(labels, np.full(6, -1), 3) is None, "unknown classes (gender) give no score"
