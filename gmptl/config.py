@@ -15,6 +15,8 @@ import yaml
 
 from .errors import ConfigError
 
+SYSTEMS = ("gmp-tl", "finetune", "probe")
+
 
 @dataclass
 class DataConfig:
@@ -79,7 +81,7 @@ class TrainConfig:
     micro_batch: int = 16              # utterances per forward pass
     grad_clip: float = 5.0
     patience: int = 3                  # epochs without validation-UAR gain before stopping
-    max_padding: float = 0.10          # length buckets keep padded frames under this share
+    max_padding: float = 0.10          # warn when more of a batch than this is padding
     seed: int = 0
 
 
@@ -100,7 +102,7 @@ class Config:
 
     def validate(self) -> "Config":
         checks = [
-            (self.system in ("gmp-tl", "finetune", "probe"), "system must be 'gmp-tl', 'finetune' or 'probe'"),
+            (self.system in SYSTEMS, f"system must be one of {', '.join(SYSTEMS)}"),
             (0.0 <= self.stage1.alpha <= 1.0, "stage1.alpha must be in [0, 1]"),
             (self.stage2.init in ("pretrained", "stage1"), "stage2.init must be 'pretrained' or 'stage1'"),
             (self.stage3.loss in ("amsoftmax", "ce"), "stage3.loss must be 'amsoftmax' or 'ce'"),

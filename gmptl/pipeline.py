@@ -17,9 +17,9 @@ from torch.nn import functional as F
 from . import losses
 from .config import Config
 from .corpora import Corpus, validation_split
-from .errors import ConfigError
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
+from .errors import ConfigError
 from .masking import span_mask
 from .metrics import scores
 from .model import MaskedPredictor, UtteranceClassifier
@@ -27,8 +27,6 @@ from .pseudo_labels import build_pseudo_labels, load_labels
 from .train import Stage, atomic_json, fit
 
 log = logging.getLogger(__name__)
-
-SYSTEMS = ("gmp-tl", "finetune", "probe")
 
 
 def new_encoder(cfg: Config):

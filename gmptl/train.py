@@ -113,6 +113,10 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
         rng = np.random.default_rng([cfg.seed, epoch])  # order, crops, masks
         batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
+        padding = 1 - sum(float(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
+        if padding > cfg.max_padding:
+            log.warning("%s: %.1f%% of the batch samples are padding (train.max_padding %.0f%%): "
+                        "lower train.micro_batch", stage.name, 100 * padding, 100 * cfg.max_padding)
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(batches, desc=f"{stage.name} epoch {epoch}/{stage.epochs}", unit="batch", leave=False,
@@ -138,6 +142,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         audio_s = sum(float(b.lengths.sum()) for b in batches) / train.sample_rate
         record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
                   "train_s": round(train_s, 1), "train_audio_s_per_s": round(audio_s / train_s, 1),
+                  "padding": round(padding, 4),
                   **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
         improved = metrics["score"] > state["best"]
         state.update(epoch=epoch, history=state["history"] + [record])
