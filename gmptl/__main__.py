@@ -96,6 +96,78 @@ def cmd_train(args) -> int:
     return 0
 
 
+def write_rows(rows: list[dict], path: Path) -> None:
+    """``rows`` as CSV or JSONL, by the suffix of ``path``."""
+    import csv
+
+    if path.suffix.lower() == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix.lower() == ".csv":
+        flat = [{k: v for k, v in r.items() if k != "probabilities"}
+                | {f"p_{label}": p for label, p in r["probabilities"].items()} for r in rows]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["path"])
+            writer.writeheader()
+            writer.writerows(flat)
+    else:
+        raise GmptlError(f"--out {path}: use a .csv or .jsonl file")
+
+
+def cmd_predict(args) -> int:
+    from .audio import load_audio
+    from .errors import AudioError
+    from .inference import expand_paths, load, plot_timeline
+
+    out = Path(args.out) if args.out else None
+    if out and out.suffix.lower() not in (".csv", ".jsonl"):
+        raise GmptlError(f"--out {out}: use a .csv or .jsonl file")
+    recognizer = load(args.model)
+    files, unmatched = expand_paths(args.paths)
+    failed = [f"{item}: no such file, directory or matching audio" for item in unmatched]
+    for line in failed:
+        print(f"gmptl: error: {line}", file=sys.stderr)
+
+    if args.timeline:
+        if len(files) != 1:
+            raise GmptlError(f"--timeline takes one recording, got {len(files)}")
+        windows = list(recognizer.timeline(files[0], args.window, args.hop, args.batch_size))
+        if out:
+            write_rows([w.to_dict() for w in windows], out)
+            print(f"{len(windows)} window(s) in {out}")
+        else:
+            for w in windows:
+                print(f"{w.start:9.2f} {w.end:9.2f}  {w.label:<10} {w.probabilities[w.label]:.2f}")
+        if args.plot:
+            plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time")
+            print(f"plot: {args.plot}")
+        return 0
+
+    rows = []
+    for start in range(0, len(files), args.batch_size):
+        waves, names = [], []
+        for path in files[start:start + args.batch_size]:
+            try:  # a bad file is reported and the others go on
+                waves.append(load_audio(path, recognizer.sample_rate))
+                names.append(str(path))
+            except AudioError as e:
+                failed.append(str(e))
+                print(f"gmptl: error: {e}", file=sys.stderr)
+        for name, result in zip(names, recognizer.predict_waves(waves, args.batch_size)):
+            result.path = name
+            rows.append(result.to_dict())
+            if not out:
+                gender = f"  {result.gender} {result.gender_probability:.2f}" if result.gender else ""
+                print(f"{name}  {result.label:<10} {result.probabilities[result.label]:.2f}  "
+                      f"{result.duration:7.2f} s{gender}")
+    if out:
+        write_rows(rows, out)
+        print(f"{len(rows)} prediction(s) in {out}")
+    if failed:
+        print(f"gmptl: {len(failed)} input(s) failed, {len(rows)} predicted", file=sys.stderr)
+        return 1
+    return 0
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -121,6 +193,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="train on this fold's training speakers and test on its own")
     p.add_argument("--out", required=True, help="run directory; the model lands in OUT/model; rerun to resume")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="emotion of audio files, or of a long recording over time")
+    p.add_argument("model", help="a model directory (gmptl train OUT/model, or a gmptl cv fold's model)")
+    p.add_argument("paths", nargs="+", help="audio files, directories (searched recursively) or globs")
+    p.add_argument("--out", help="write CSV or JSONL (by suffix) instead of the table")
+    p.add_argument("--batch-size", type=int, default=16, help="recordings per forward pass (default 16)")
+    p.add_argument("--timeline", action="store_true", help="sliding windows over one recording of any length")
+    p.add_argument("--window", type=float, default=2.0, help="timeline window in seconds (default 2)")
+    p.add_argument("--hop", type=float, default=0.5, help="timeline hop in seconds (default 0.5)")
+    p.add_argument("--plot", help="with --timeline: a PNG of each emotion's probability over time")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
     p.add_argument("--json", action="store_true", help="print a JSON list")
