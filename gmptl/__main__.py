@@ -121,7 +121,7 @@ def cmd_predict(args) -> int:
     out = Path(args.out) if args.out else None
     if out and out.suffix.lower() not in (".csv", ".jsonl"):
         raise GmptlError(f"--out {out}: use a .csv or .jsonl file")
-    recognizer = load(args.model)
+    recognizer = load(args.model, backend=args.backend)
     files, unmatched = expand_paths(args.paths)
     failed = [f"{item}: no such file, directory or matching audio" for item in unmatched]
     for line in failed:
@@ -168,6 +168,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+
+    target = Path(args.onnx) if args.onnx else Path(args.model) / "model.onnx"
+    if target.suffix.lower() != ".onnx":
+        raise GmptlError(f"--onnx {target}: the file name must end in .onnx")
+    print(f"ONNX model: {export_onnx(args.model, target)}")
+    return 0
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -203,7 +213,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=2.0, help="timeline window in seconds (default 2)")
     p.add_argument("--hop", type=float, default=0.5, help="timeline hop in seconds (default 0.5)")
     p.add_argument("--plot", help="with --timeline: a PNG of each emotion's probability over time")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model directory to ONNX (dynamic batch and length)")
+    p.add_argument("model", help="a model directory")
+    p.add_argument("--onnx", help="output file (default MODEL/model.onnx)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
     p.add_argument("--json", action="store_true", help="print a JSON list")

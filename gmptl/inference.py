@@ -1,6 +1,7 @@
 """Use a trained model: emotion of a waveform, a file, or a long recording window by window."""
 
 from collections.abc import Iterator
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,28 +47,61 @@ class Recognizer:
 
     Probabilities are the softmax of the classifier's scores; for an AM-Softmax model
     the cosines are scaled by the training scale ``s`` first (30 by default), the
-    same scale its loss was trained with.
+    same scale its loss was trained with. Two backends compute them: PyTorch on the
+    model directory, or onnxruntime on its ONNX export (``gmptl export``).
+
+    Args:
+        labels: emotion labels, in the model's order.
+        sample_rate: rate the model takes.
+        max_samples: longest input in one piece (Whisper: 30 s); longer is scored in pieces.
+        has_gender: whether the model predicts gender.
+        score: (waveforms (B, S) float32, lengths (B,) int64) -> (emotion (B, C), gender (B, 2) or None).
+        meta: the model's config.json (or the ONNX metadata).
     """
 
-    def __init__(self, model, meta: dict):
-        self.model = model.eval()
-        self.meta = meta
-        self.labels: list[str] = meta["labels"]
-        self.sample_rate: int = meta.get("sample_rate", SAMPLE_RATE)
-        stage3 = meta.get("config", {}).get("stage3", {})
-        self.scale = float(stage3.get("scale", 30.0)) if model.classifier == "amsoftmax" else 1.0
-        # Whisper encoders take 30 s at most; longer input is scored in 30 s pieces.
-        self.max_samples = int(getattr(model.encoder, "max_samples", 30 * self.sample_rate))
+    def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict):
+        self.labels, self.sample_rate, self.max_samples = list(labels), sample_rate, max_samples
+        self.has_gender, self.score, self.meta = has_gender, score, meta
 
-    @torch.no_grad()
+    @classmethod
+    def from_model_dir(cls, model_dir) -> "Recognizer":
+        from .export import Probabilities, probability_scale
+
+        model, meta = load_model_dir(Path(model_dir))
+        net = Probabilities(model, probability_scale(model, meta)).eval()
+
+        @torch.no_grad()
+        def score(waves: np.ndarray, lengths: np.ndarray):
+            out = net(torch.from_numpy(waves), torch.from_numpy(lengths))
+            emotion, gender = out if isinstance(out, tuple) else (out, None)
+            return emotion.numpy(), None if gender is None else gender.numpy()
+
+        # Whisper encoders take 30 s at most; longer input is scored in 30 s pieces.
+        max_samples = int(getattr(model.encoder, "max_samples", 30 * meta["sample_rate"]))
+        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta)
+
+    @classmethod
+    def from_onnx(cls, path) -> "Recognizer":
+        from .export import onnx_session
+
+        session, meta = onnx_session(path)
+        has_gender = len(session.get_outputs()) > 1
+
+        def score(waves: np.ndarray, lengths: np.ndarray):
+            out = session.run(None, {"waveforms": waves, "lengths": lengths})
+            return out[0], out[1] if has_gender else None
+
+        sample_rate = int(meta["sample_rate"])
+        max_samples = int(meta.get("max_samples") or 0) or 30 * sample_rate
+        return cls(json.loads(meta["labels"]), sample_rate, max_samples, has_gender, score, meta)
+
     def _scores(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, C) emotion and (N, 2) gender probabilities of zero-padded ``waves``."""
-        lengths = torch.tensor([len(w) for w in waves])
-        batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True)
-        out = self.model(batch, lengths)
-        emotion = torch.softmax(self.scale * out["emotion"].float(), -1).numpy()
-        gender = torch.softmax(out["gender"].float(), -1).numpy() if out["gender"] is not None else None
-        return emotion, gender
+        """(N, C) emotion and (N, 2) gender probabilities of ``waves``, zero-padded into one batch."""
+        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
+        for i, w in enumerate(waves):
+            batch[i, :len(w)] = w
+        return self.score(batch, lengths)
 
     def predict_waves(self, waves: list[np.ndarray], batch_size: int = 16) -> list[Prediction]:
         """Predictions for 16 kHz mono float32 waveforms (each checked as a file would be)."""
@@ -94,7 +128,7 @@ class Recognizer:
             weights = np.array([len(pieces[j]) for j in mine], dtype=np.float64)
             p = (emotion[mine] * weights[:, None]).sum(0) / weights.sum()
             g = (gender[mine] * weights[:, None]).sum(0) / weights.sum()
-            has_gender = self.model.gender is not None
+            has_gender = self.has_gender
             results.append(Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())),
                                       round(len(w) / self.sample_rate, 3),
                                       GENDERS[int(g.argmax())] if has_gender else None,
@@ -148,10 +182,20 @@ class Recognizer:
             yield from flush()
 
 
-def load(model_dir) -> Recognizer:
-    """A ``Recognizer`` for a model directory (from ``gmptl train`` or a ``gmptl cv`` fold)."""
-    model, meta = load_model_dir(Path(model_dir))
-    return Recognizer(model, meta)
+def load(model, backend: str = "torch") -> Recognizer:
+    """A ``Recognizer`` for a model directory (from ``gmptl train`` or a ``gmptl cv`` fold).
+
+    Args:
+        model: the model directory; with ``backend="onnx"`` also an ``.onnx`` file
+            (a directory means its ``model.onnx``, as ``gmptl export`` writes by default).
+        backend: ``torch`` or ``onnx`` (onnxruntime on the exported graph).
+    """
+    path = Path(model)
+    if backend == "torch":
+        return Recognizer.from_model_dir(path)
+    if backend == "onnx":
+        return Recognizer.from_onnx(path / "model.onnx" if path.is_dir() else path)
+    raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")

@@ -105,3 +105,20 @@ def test_metrics_equal_scikit_learn(seed):
     assert s["confusion"] == confusion_matrix(y, p, labels=range(5)).tolist()
     per_class = recall_score(y, p, labels=present, average=None)
     assert [s["recall"][labels[i]] for i in present] == pytest.approx(list(100 * per_class))
+
+
+def test_bilstm_pool_equals_a_packed_bidirectional_lstm():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(1)
+    pool = BiLSTMPool(5, 4).eval()
+    reference = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+    with torch.no_grad():  # the same weights, in nn.LSTM's bidirectional layout
+        for name, p in pool.lstm_fwd.named_parameters():
+            getattr(reference, name).copy_(p)
+            getattr(reference, name + "_reverse").copy_(getattr(pool.lstm_bwd, name))
+    x, lengths = torch.randn(4, 9, 5), torch.tensor([9, 6, 1, 3])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = pad_packed_sequence(reference(packed)[0], batch_first=True, total_length=9)
+    expected = out.sum(1) / lengths[:, None]
+    assert torch.allclose(pool(x, lengths), expected, atol=1e-6)

@@ -19,13 +19,26 @@ def mel_filters(n_mels: int, sample_rate: int = 16000) -> torch.Tensor:
     return torch.from_numpy(fb.T).float()
 
 
-def log_mel(wave: torch.Tensor, filters: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Whisper's normalised log-mel spectrogram of one utterance, (S,) -> (n_mels, S // HOP)."""
-    stft = torch.stft(wave, N_FFT, HOP, window=window, return_complex=True)
-    power = stft[..., :-1].abs().pow(2)  # Whisper drops the last (half-empty) frame
-    spec = torch.clamp(filters @ power, min=1e-10).log10()
-    spec = torch.maximum(spec, spec.max() - 8.0)  # 80 dB dynamic range, per utterance
-    return (spec + 4.0) / 4.0
+def dft_kernels(window: torch.Tensor) -> torch.Tensor:
+    """(2 * (N_FFT // 2 + 1), 1, N_FFT) windowed cosine and sine rows: an STFT as one strided convolution."""
+    k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+    m = torch.arange(N_FFT, dtype=torch.float64)[None, :]
+    angle = 2 * torch.pi * k * m / N_FFT
+    w = window.double()[None, :]
+    return torch.cat([torch.cos(angle) * w, -torch.sin(angle) * w]).float()[:, None, :]
+
+
+def reflect_index(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """(B, total + N_FFT) sample positions of each row reflect-padded by N_FFT // 2 within its own length.
+
+    This is ``torch.stft(center=True)``'s padding, row by row, as one gather: the
+    frames near the end of a short row see its own reflection, not the batch's zeros.
+    """
+    pos = torch.arange(total + N_FFT, device=lengths.device)[None, :] - N_FFT // 2
+    n = lengths[:, None]
+    pos = torch.where(pos < 0, -pos, pos)
+    pos = torch.where(pos >= n, 2 * (n - 1) - pos, pos)
+    return pos.clamp(0, total - 1)  # far in a row's padding: any sample, those frames are masked
 
 
 class WhisperSpeechEncoder(SpeechEncoder):
@@ -49,7 +62,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.num_layers = config.encoder_layers
         self.max_samples = config.max_source_positions * 2 * HOP
         self.register_buffer("filters", mel_filters(config.num_mel_bins), persistent=False)
-        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        self.register_buffer("dft", dft_kernels(torch.hann_window(N_FFT)), persistent=False)
         # Whisper was never trained with masking: the embedding starts as the mean
         # positional-free input scale (zeros) and is learned in stage 2.
         self.mask_embedding = nn.Parameter(torch.zeros(self.hidden_size))
@@ -62,18 +75,25 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
 
     def features(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) audio -> (B, n_mels, M) zero-padded log-mel and (B,) mel frame counts."""
-        if int(lengths.max()) > self.max_samples:
+        """(B, S) audio -> (B, n_mels, S // HOP) Whisper log-mel, zero past each row's end; (B,) mel lengths.
+
+        Equal to Whisper's feature extractor on each utterance alone (the STFT with
+        its reflect padding, power, Slaney mel, log10, 80 dB floor below the
+        utterance's own maximum, scaling), computed for the whole batch at once.
+        """
+        if not torch.jit.is_tracing() and int(lengths.max()) > self.max_samples:
             raise EncoderError(f"{self.name} takes at most {self.max_samples / self.sample_rate:.0f} s of audio "
                                f"at once, got {int(lengths.max()) / self.sample_rate:.1f} s: use windows")
-        # One utterance at a time: the STFT's reflect padding and the per-utterance
-        # maximum must not see the batch's zero padding.
-        mels = [log_mel(w[: int(n)], self.filters, self.window) for w, n in zip(waveforms, lengths)]
+        padded = waveforms.gather(1, reflect_index(lengths, waveforms.shape[1]))  # (B, S + N_FFT)
+        spec = F.conv1d(padded[:, None, :], self.dft, stride=HOP)  # (B, 2F, S // HOP + 1)
+        half = spec.shape[1] // 2
+        power = (spec[:, :half] ** 2 + spec[:, half:] ** 2)[..., :-1]  # Whisper drops the last frame
+        mel = torch.clamp(self.filters @ power, min=1e-10).log10()  # (B, n_mels, M)
         mel_lengths = lengths // HOP
-        out = waveforms.new_zeros(len(mels), self.filters.shape[0], int(mel_lengths.max()))
-        for i, m in enumerate(mels):
-            out[i, :, : m.shape[1]] = m
-        return out, mel_lengths
+        valid = valid_mask(mel_lengths, mel.shape[2])[:, None, :]
+        peak = mel.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True)
+        mel = (torch.maximum(mel, peak - 8.0) + 4.0) / 4.0  # 80 dB below the utterance's peak
+        return mel * valid.to(mel.dtype), mel_lengths
 
     def forward(self, waveforms, lengths, frame_mask=None) -> EncoderOutput:
         m = self.model
