@@ -178,6 +178,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .inference import load
+    from .service import serve
+
+    if args.max_upload_mb <= 0:
+        raise GmptlError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
+    serve(load(args.model, backend=args.backend), args.host, args.port, int(args.max_upload_mb * 1e6))
+    return 0
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -216,6 +226,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="an HTTP service: POST audio to /v1/predict (docs at /docs)")
+    p.add_argument("model", help="a model directory (or an .onnx file with --backend onnx)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads answer 413 (default 50)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as for predict")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a model directory to ONNX (dynamic batch and length)")
     p.add_argument("model", help="a model directory")

@@ -1,0 +1,98 @@
+"""An HTTP service for a trained model: FastAPI on uvicorn.
+
+``POST /v1/predict`` takes a multipart upload (field ``file``) or the raw audio as
+the request body and answers what ``gmptl predict`` gives per file; ``GET
+/v1/health`` and ``GET /v1/model`` describe the service; ``/docs`` is the OpenAPI
+page. Uploads over the size limit answer 413, audio that cannot be used 422 with
+the reason; bad input never reaches a 500.
+"""
+
+import logging
+
+from .audio import decode_bytes
+from .errors import AudioError
+from .inference import Recognizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MB = 50.0
+
+
+def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6)):
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.concurrency import run_in_threadpool
+    from pydantic import BaseModel
+
+    class PredictionOut(BaseModel):
+        label: str
+        probabilities: dict[str, float]
+        duration: float
+        gender: str | None = None
+        gender_probability: float | None = None
+        path: str | None = None
+
+    app = FastAPI(title="gmptl", version=recognizer.meta.get("gmptl_version", "0.1.0"),
+                  description="Speech emotion recognition (GMP-TL). POST audio to /v1/predict.")
+
+    async def read_body(request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it passes ``max_bytes``."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
+        return bytes(body)
+
+    async def audio_of(request: Request) -> tuple[bytes, str]:
+        body = await read_body(request)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return body, "<body>"
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form()
+        except Exception as e:  # malformed multipart: the client's fault
+            raise HTTPException(422, f"malformed multipart body ({e})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart upload without a 'file' field")
+        return await upload.read(), upload.filename or "<upload>"
+
+    @app.post("/v1/predict", response_model=PredictionOut, responses={
+        413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
+    async def predict(request: Request):
+        """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
+        data, name = await audio_of(request)
+        try:
+            wave = decode_bytes(data, name, recognizer.sample_rate)
+        except AudioError as e:
+            raise HTTPException(422, e.reason) from None
+        result = (await run_in_threadpool(recognizer.predict_waves, [wave]))[0]
+        result.path = name
+        return result.to_dict()
+
+    @app.get("/v1/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model():
+        meta = recognizer.meta
+        encoder = meta.get("encoder")
+        return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate,
+                "gender": recognizer.has_gender,
+                "encoder": encoder.get("name") if isinstance(encoder, dict) else encoder,
+                "metrics": meta.get("metrics", {}), "max_upload_bytes": max_bytes}
+
+    return app
+
+
+def serve(recognizer: Recognizer, host: str, port: int, max_bytes: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(recognizer, max_bytes), host=host, port=port, log_level="info")

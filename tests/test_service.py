@@ -1,0 +1,107 @@
+"""`gmptl serve` over real HTTP on loopback, the server started by the test."""
+
+import io
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from test_export import make_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model_dir = make_model_dir(tmp_path_factory.mktemp("m"), "random:hubert-tiny", "linear", gender=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gmptl", "serve", str(model_dir), "--port", str(port),
+                             "--max-upload-mb", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def wav_bytes(seconds=1.0, rate=16000, fmt="WAV", seed=0) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * rate))).astype(np.float32),
+             rate, format=fmt)
+    return buf.getvalue()
+
+
+def test_health_model_and_docs(server):
+    assert httpx.get(f"{server}/v1/health").json() == {"status": "ok"}
+    info = httpx.get(f"{server}/v1/model").json()
+    assert info["labels"] == ["neutral", "happy", "sad", "angry"] and info["gender"] is True
+    assert info["max_upload_bytes"] == 200000
+    assert httpx.get(f"{server}/docs").status_code == 200
+    assert "/v1/predict" in httpx.get(f"{server}/openapi.json").json()["paths"]
+
+
+def test_multipart_and_raw_body_give_the_same_prediction(server):
+    data = wav_bytes(fmt="FLAC", rate=22050)
+    a = httpx.post(f"{server}/v1/predict", files={"file": ("clip.flac", data, "audio/flac")})
+    b = httpx.post(f"{server}/v1/predict", content=data, headers={"content-type": "audio/flac"})
+    assert a.status_code == b.status_code == 200
+    a, b = a.json(), b.json()
+    assert a["path"] == "clip.flac" and b["path"] == "<body>"
+    assert a["label"] == b["label"] and a["probabilities"] == pytest.approx(b["probabilities"])
+    assert sum(a["probabilities"].values()) == pytest.approx(1, abs=1e-4) and a["gender"] in ("female", "male")
+    assert a["duration"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("body,reason", [
+    (b"", "empty file"),
+    (b"definitely not audio", "not audio"),
+    (wav_bytes(seconds=0.01), "too short"),
+])
+def test_bad_audio_is_422_with_the_reason(server, body, reason):
+    r = httpx.post(f"{server}/v1/predict", content=body)
+    assert r.status_code == 422 and reason in r.json()["detail"]
+
+
+def test_silence_and_bad_multipart_are_422(server):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16000, np.float32), 16000, format="WAV")
+    r = httpx.post(f"{server}/v1/predict", files={"file": ("s.wav", buf.getvalue())})
+    assert r.status_code == 422 and "all-zero" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", files={"other": ("s.wav", wav_bytes())})
+    assert r.status_code == 422 and "'file'" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", content=b"--x\r\nbroken",
+                   headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 422
+
+
+def test_uploads_over_the_limit_are_413(server):
+    big = wav_bytes(seconds=10)  # 320 kB > 0.2 MB
+    assert httpx.post(f"{server}/v1/predict", content=big).status_code == 413
+    assert httpx.post(f"{server}/v1/predict", files={"file": ("big.wav", big)}).status_code == 413
+
+    def chunks():  # no content-length: the limit holds on the streamed bytes too
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+    assert httpx.post(f"{server}/v1/predict", content=chunks()).status_code == 413
+    assert httpx.get(f"{server}/v1/health").status_code == 200, "the server is still up"
