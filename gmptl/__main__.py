@@ -188,6 +188,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_download(args) -> int:
+    from .download import download
+
+    root = download(args.corpus, args.dest, url=args.url, md5=args.md5)
+    print(f"{args.corpus} is in {root}; see it with: gmptl data --corpus {args.corpus} --root {root}")
+    return 0
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmptl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -239,6 +247,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model directory")
     p.add_argument("--onnx", help="output file (default MODEL/model.onnx)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("download", help="fetch a public corpus (RAVDESS), check it, unpack it; resumable")
+    p.add_argument("corpus", choices=("ravdess",), help="the corpus")
+    p.add_argument("--dest", required=True, help="directory to download and unpack into")
+    p.add_argument("--url", help="another address (a mirror) for the same archive")
+    p.add_argument("--md5", help="expected md5 of the archive (default: the published one)")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
     p.add_argument("--json", action="store_true", help="print a JSON list")
