@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gmptl-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast tts demo clean
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-demo: setup
-	$(VENV)/bin/gmptl encoders
+# The demo's synthetic corpus is spoken by espeak-ng, from the Debian/Ubuntu registry when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tts:
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+
+demo: setup tts
 	$(PY) -m gmptl.demo
 
 clean:
