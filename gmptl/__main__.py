@@ -74,6 +74,26 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import format_tables, reproduce
+
+    out = Path(args.out or f"runs/reproduce-{args.recipe}")
+    results = Path(args.results or f"results/{args.recipe}")
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    names = args.systems.split(",") if args.systems else None
+    command = " ".join(["gmptl reproduce", args.recipe, "--root", args.root]
+                       + (["--config", args.config] if args.config else [])
+                       + [a for o in (args.set or []) for a in ("--set", o)])
+    written = reproduce(args.recipe, args.root, out, results, names, folds, args.jobs, args.set or [],
+                        args.config, report=not args.no_report, command=command, run=not args.report_only)
+    for label, summary in written.items():
+        if summary:
+            print(f"{summary['corpus']}, {len(summary['classes'])} classes:\n{format_tables(summary)}")
+    if written:
+        print(f"results: {results}/ (summary.json, README.md, plots); runs: {out}/")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .corpora import load_corpus, validation_split
@@ -214,6 +234,20 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("reproduce", help="the paper's comparison and ablations on a corpus, every fold, resumable")
+    p.add_argument("recipe", choices=("ravdess",), help="the benchmark (RAVDESS, 8 classes and the 4-class subset)")
+    p.add_argument("--root", required=True, help="the corpus directory")
+    p.add_argument("--out", help="run directory (default runs/reproduce-RECIPE); rerun to resume")
+    p.add_argument("--results", help="where summary.json, README.md and plots go (default results/RECIPE)")
+    p.add_argument("--systems", help="comma-separated subset of the systems (default: all)")
+    p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes, folds dealt out among them (GPU: 6)")
+    p.add_argument("--config", help="another base config than the recipe's")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every system")
+    p.add_argument("--report-only", action="store_true", help="write the results of the folds finished so far, run nothing")
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("train", help="train a system on a whole corpus (or one fold) into a model directory")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")

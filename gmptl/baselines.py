@@ -17,16 +17,17 @@ log = logging.getLogger(__name__)
 def pooled_layers(encoder, data: AudioSet, max_seconds: float, batch_size: int = 16) -> np.ndarray:
     """(N, layers, 2 * D) mean and standard deviation over the valid frames of every hidden state."""
     encoder.eval()
+    device = next(encoder.parameters()).device
     out = np.zeros((len(data), encoder.num_layers + 1, 2 * encoder.hidden_size), dtype=np.float32)
     with tqdm(total=len(data), desc="pooling frozen features", unit="utt", leave=False, disable=None) as bar:
         for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
-            enc = encoder(batch.waves, batch.lengths)
+            enc = encoder(batch.waves.to(device), batch.lengths.to(device))
             h = torch.stack(enc.hidden_states, 1)  # (B, L, T, D)
             m = valid_mask(enc.lengths, h.shape[2]).to(h.dtype)[:, None, :, None]
             n = m.sum(2)
             mean = (h * m).sum(2) / n
             std = (((h - mean[:, :, None]) ** 2 * m).sum(2) / n).sqrt()
-            out[batch.index.numpy()] = torch.cat([mean, std], -1).numpy()
+            out[batch.index.numpy()] = torch.cat([mean, std], -1).float().cpu().numpy()
             bar.update(len(batch.index))
     return out
 

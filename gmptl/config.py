@@ -53,7 +53,8 @@ class PseudoLabelConfig:
     layer: int = -3                    # third-to-last works best (Table 3)
     scales: list[int] = field(default_factory=lambda: [64, 512, 4096])
     max_frames: int = 300_000          # k-means training subsample per scale (seeded), ours
-    iterations: int = 25               # faiss k-means iterations, ours
+    iterations: int = 25               # k-means iterations, ours
+    backend: str = "auto"              # auto (faiss if installed, else torch) | faiss | torch (runs on train.device)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TrainConfig:
     patience: int = 3                  # epochs without validation-UAR gain before stopping
     max_padding: float = 0.10          # warn when more of a batch than this is padding
     seed: int = 0
+    device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
+    precision: str = "fp32"            # fp32 | bf16 (autocast on CUDA; the log-mel stays fp32)
 
 
 @dataclass
@@ -112,6 +115,10 @@ class Config:
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),
             (0.0 < self.data.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)"),
+            (self.train.precision in ("fp32", "bf16"), "train.precision must be 'fp32' or 'bf16'"),
+            (self.train.device == "auto" or self.train.device == "cpu" or self.train.device.startswith("cuda"),
+             "train.device must be auto, cpu, cuda or cuda:N"),
+            (self.pseudo.backend in ("auto", "faiss", "torch"), "pseudo.backend must be auto, faiss or torch"),
         ]
         for ok, message in checks:
             if not ok:

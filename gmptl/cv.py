@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -27,9 +28,12 @@ def provenance() -> dict:
         commit = done.stdout.strip() if done.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("GMPTL_COMMIT")  # a copy of the tree without .git says where it came from
     import torch
-    return {"commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads",
+    machine = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name()}"
+    return {"commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
             "python": platform.python_version(), "torch": torch.__version__}
 
 

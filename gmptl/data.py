@@ -28,6 +28,12 @@ class Batch:
     index: torch.Tensor    # (B,) position in the AudioSet
     offset: torch.Tensor   # (B,) first sample of the crop in the utterance
 
+    def to(self, device) -> "Batch":
+        """Audio, lengths and labels on ``device``; ``index`` and ``offset`` stay on the CPU (bookkeeping)."""
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.waves), move(self.lengths), move(self.emotion), move(self.gender),
+                     self.index, self.offset)
+
 
 class AudioSet:
     """Utterances decoded once to 16 kHz mono float32, with label indices.

@@ -5,6 +5,7 @@ each step is skipped when its ``done.json`` / ``report.json`` exists, so a kille
 run picks up where it stopped.
 """
 
+import hashlib
 import json
 import logging
 import time
@@ -24,9 +25,15 @@ from .masking import span_mask
 from .metrics import scores
 from .model import MaskedPredictor, UtteranceClassifier
 from .pseudo_labels import build_pseudo_labels, load_labels
-from .train import Stage, atomic_json, fit
+from .train import Stage, atomic_json, fit, model_device, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def provenance() -> dict:
+    from .cv import provenance as where  # cv imports this module
+
+    return where()
 
 
 def new_encoder(cfg: Config):
@@ -45,9 +52,11 @@ def classifier(cfg: Config, encoder, num_classes: int, gender: bool, kind: str) 
 def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batch_size: int = 16) -> np.ndarray:
     """(N, C) emotion scores (logits or cosines) in ``data`` order."""
     model.eval()
+    device = model_device(model)
     out = np.zeros((len(data), len(data.labels)), dtype=np.float32)
     for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
-        out[batch.index.numpy()] = model(batch.waves, batch.lengths)["emotion"].float().numpy()
+        b = batch.to(device)
+        out[batch.index.numpy()] = model(b.waves, b.lengths)["emotion"].float().cpu().numpy()
     return out
 
 
@@ -79,7 +88,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
     """Masked-prediction loss of one batch; ``labels[i]`` holds utterance i's frame labels per scale."""
     frames = model.encoder.frame_lengths(batch.lengths)
     T = int(frames.max())
-    mask = span_mask(frames, cfg.stage2.mask_prob, cfg.stage2.mask_span, rng=rng)
+    mask = span_mask(frames.cpu(), cfg.stage2.mask_prob, cfg.stage2.mask_span, rng=rng)
     targets = [torch.zeros(len(frames), T, dtype=torch.long) for _ in cfg.pseudo.scales]
     valid = torch.zeros(len(frames), T, dtype=torch.bool)
     for row, (i, offset) in enumerate(zip(batch.index.tolist(), batch.offset.tolist())):
@@ -88,13 +97,45 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
             take = utt_labels[first:first + int(frames[row])]
             targets[scale][row, :len(take)] = torch.from_numpy(take.astype(np.int64))
         valid[row, :len(take)] = True  # frames past the dumped ones (beyond 30 s) have no label
+    device = batch.waves.device
+    mask, valid = mask.to(device), valid.to(device)
     logits, _ = model(batch.waves, batch.lengths, mask)
-    return losses.masked_prediction_loss(logits, targets, mask, valid, cfg.stage2.unmasked_weight)
+    return losses.masked_prediction_loss(logits, [t.to(device) for t in targets], mask, valid,
+                                         cfg.stage2.unmasked_weight)
 
 
-def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSet, out: Path):
+STEPS = ("stage1", "pseudo", "stage2", "stage3")
+
+
+def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
+    """Where each step of ``cfg`` lives: ``out/<step>``, or, with ``shared``, a directory
+    named by a digest of everything the step depends on, so that systems differing only
+    in a later step (e.g. CE-FT vs Hybrid-FT) reuse the earlier ones.
+
+    A step depends on the data (not its path: ``key`` names the fold), the encoder,
+    the head, training settings but the device, and its own section and those of
+    the steps before it.
+    """
+    if shared is None:
+        return {step: out / step for step in STEPS}
+    c = cfg.to_dict()
+    c["data"].pop("root")
+    c["train"].pop("device")
+    common = {"key": key, "data": c["data"], "encoder": c["encoder"], "head": c["head"], "train": c["train"]}
+    stage1 = {**common, "stage1": c["stage1"]}
+    pseudo = {**stage1, "pseudo": c["pseudo"]}
+    stage2 = {**pseudo, "stage2": c["stage2"]}  # stage 1 reaches stage 2 through the pseudo-labels at least
+    stage3 = {**stage2, "stage3": c["stage3"]}
+    digest = lambda d: hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]  # noqa: E731
+    return {step: shared / f"{step}-{digest(d)}" for step, d in
+            zip(STEPS, (stage1, pseudo, stage2, stage3))}
+
+
+def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSet, out: Path,
+                 dirs: dict[str, Path] | None = None):
     """Train the configured system; returns the final classifier, its weights file and stage summaries."""
     C, d = len(labels), cfg.data
+    dirs = dirs or step_dirs(cfg, out)
     stages = {}
 
     # Stage 1: encoder + BiLSTM/MAP/LinearP, alpha * CE(emotion) + (1 - alpha) * CE(gender).
@@ -102,16 +143,17 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     model = classifier(cfg, new_encoder(cfg), C, gender=cfg.stage1.alpha < 1.0, kind="linear")
     stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
                                  classification_eval(valid, d.eval_max_seconds), cfg.stage1.epochs),
-                           train, cfg.train, d.max_seconds, out / "stage1")
+                           train, cfg.train, d.max_seconds, dirs["stage1"])
     if cfg.system != "gmp-tl":
-        return model, out / "stage1" / "best.safetensors", stages
+        return model, dirs["stage1"] / "best.safetensors", stages
 
     # Pseudo-labels: k-means at every scale on one layer of the stage-1 encoder, training frames only.
     p = cfg.pseudo
-    stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, out / "pseudo", p.layer, p.scales,
-                                           p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds)
-    train_labels = load_labels(out / "pseudo", "train", p.scales)
-    valid_labels = load_labels(out / "pseudo", "valid", p.scales)
+    stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, dirs["pseudo"], p.layer, p.scales,
+                                           p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds,
+                                           backend=p.backend)
+    train_labels = load_labels(dirs["pseudo"], "train", p.scales)
+    valid_labels = load_labels(dirs["pseudo"], "valid", p.scales)
 
     # Stage 2: masked prediction of the pseudo-labels, one LinearP per scale.
     torch.manual_seed(cfg.train.seed * 10 + 2)
@@ -124,13 +166,14 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
         rng = np.random.default_rng([cfg.train.seed, 2])  # the same masks at every epoch
         total = n = 0
         for batch in epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None):
+            batch = batch.to(model_device(m))
             total += stage2_batch_loss(m, batch, valid_labels, cfg, rng).item() * len(batch.index)
             n += len(batch.index)
         return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
 
     stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
                                  stage2_eval, cfg.stage2.epochs),
-                           train, cfg.train, d.max_seconds, out / "stage2")
+                           train, cfg.train, d.max_seconds, dirs["stage2"])
 
     # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
     s3 = cfg.stage3
@@ -138,8 +181,8 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     model = classifier(cfg, predictor.encoder, C, gender=False, kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
     stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
                                  classification_eval(valid, d.eval_max_seconds), s3.epochs),
-                           train, cfg.train, d.max_seconds, out / "stage3")
-    return model, out / "stage3" / "best.safetensors", stages
+                           train, cfg.train, d.max_seconds, dirs["stage3"])
+    return model, dirs["stage3"] / "best.safetensors", stages
 
 
 def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> dict:
@@ -157,12 +200,13 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out
     """The frozen-encoder baseline: no fine-tuning, the layer chosen on validation speakers."""
     from .baselines import probe
 
-    found = probe(new_encoder(cfg), train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
+    found = probe(new_encoder(cfg).to(resolve_device(cfg.train.device)), train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances}),
               **write_predictions(test, found["probabilities"], out),
               "probe": {"layer": found["layer"], "valid_uar_per_layer": found["valid_uar_per_layer"]},
               "failed_files": [str(e) for e in train.failed + valid.failed + test.failed],
               "wall_s": round(time.perf_counter() - start, 1)}
+    result.update(compute_s=result["wall_s"], provenance=provenance())
     atomic_json(result, out / "result.json")
     return result
 
@@ -172,22 +216,28 @@ def test_model(model, test: AudioSet, max_seconds: float, out: Path) -> dict:
     return write_predictions(test, predict(model, test, max_seconds), out)
 
 
-def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict) -> Path:
+def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict,
+           pseudo_dir: Path | None = None) -> Path:
     """The final model as a model directory (``out/model``), with its pseudo-label centroids."""
     from .cv import provenance
     from .modeldir import save_model_dir
 
     centroids = {}
     if cfg.system == "gmp-tl":
-        centroids = {f"km{k}": torch.from_numpy(np.load(out / "pseudo" / f"km{k}.centroids.npy"))
+        centroids = {f"km{k}": torch.from_numpy(np.load((pseudo_dir or out / "pseudo") / f"km{k}.centroids.npy"))
                      for k in cfg.pseudo.scales}
     extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
              "metrics": metrics, "config": cfg.to_dict(), "provenance": provenance()}
     return save_model_dir(out / "model", model, labels, weights, extra, centroids)
 
 
-def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict) -> dict:
-    """Train on ``train_utts`` (choosing on ``valid_utts``), test on ``test_utts`` (if any), export the model."""
+def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,
+              shared: Path | None = None) -> dict:
+    """Train on ``train_utts`` (choosing on ``valid_utts``), test on ``test_utts`` (if any), export the model.
+
+    With ``shared``, the steps live there under digests of their settings (see
+    ``step_dirs``) and are reused by every system that shares them.
+    """
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -201,27 +251,32 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
         if not test_utts:
             raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
         return run_probe(cfg, train, valid, AudioSet(test_utts, labels, "test"), out, info, start)
-    model, weights, stages = train_system(cfg, labels, train, valid, out)
+    dirs = step_dirs(cfg, out, shared, key=f"{cfg.data.corpus}/{info.get('fold', 'all')}")
+    model, weights, stages = train_system(cfg, labels, train, valid, out, dirs)
     failed = train.failed + valid.failed
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid_utts})}
+    test_start = time.perf_counter()
     if test_utts:
         test = AudioSet(test_utts, labels, "test")
         failed += test.failed
         result.update(test_model(model, test, cfg.data.eval_max_seconds, out))
-    result.update(failed_files=[str(e) for e in failed],
+    # What the system costs alone: its steps (whoever ran them first) and its test.
+    compute_s = sum(s.get("wall_s", 0.0) for s in stages.values()) + time.perf_counter() - test_start
+    result.update(failed_files=[str(e) for e in failed], compute_s=round(compute_s, 1),
                   stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
+                  step_dirs={step: str(dirs[step]) for step in stages}, provenance=provenance(),
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
     metrics["valid_uar"] = stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
-    export(cfg, model, weights, labels, out, metrics)
+    export(cfg, model, weights, labels, out, metrics, dirs["pseudo"])
     atomic_json(result, result_path)
     return result
 
 
-def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path) -> dict:
+def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path, shared: Path | None = None) -> dict:
     """The configured system on fold ``k``: validation speakers from its training speakers, test on its own."""
     fold = corpus.fold(k)
     train_utts, valid_utts = validation_split(fold.train, cfg.data.valid_fraction, seed=cfg.train.seed)
     log.info("fold %d: test speakers %s", k, ", ".join(fold.test_speakers))
     return run_split(cfg, corpus.labels, train_utts, valid_utts, fold.test, out,
-                     {"fold": k, "test_speakers": fold.test_speakers})
+                     {"fold": k, "test_speakers": fold.test_speakers}, shared=shared and shared / f"fold{k}")

@@ -34,6 +34,7 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
                   max_seconds: float = 30.0) -> np.ndarray:
     """Write layer ``layer`` of ``encoder`` for every utterance of ``data``; returns the lengths."""
     encoder.eval()
+    device = next(encoder.parameters()).device
     max_samples = int(max_seconds * encoder.sample_rate)
     frames = encoder.frame_lengths(torch.from_numpy(np.minimum(data.lengths, max_samples))).numpy()
     offsets = np.concatenate([[0], np.cumsum(frames)])
@@ -43,10 +44,11 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
                                       shape=(int(offsets[-1]), encoder.hidden_size))
     with tqdm(total=len(data), desc=f"dumping {split} layer {layer}", unit="utt", leave=False, disable=None) as bar:
         for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
-            hidden = encoder(batch.waves, batch.lengths).hidden_states[layer]  # (B, T, D)
+            hidden = encoder(batch.waves.to(device), batch.lengths.to(device)).hidden_states[layer]  # (B, T, D)
+            hidden = hidden.float().cpu()
             for row, i in enumerate(batch.index.tolist()):
                 n = int(frames[i])
-                feats[offsets[i]:offsets[i] + n] = hidden[row, :n].float().numpy()
+                feats[offsets[i]:offsets[i] + n] = hidden[row, :n].numpy()
             bar.update(len(batch.index))
     feats.flush()
     del feats
@@ -56,15 +58,33 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
     return frames
 
 
-def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, seed: int) -> np.ndarray:
-    """faiss k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids."""
-    import faiss
+def kmeans_backend(name: str = "auto") -> str:
+    """``auto``: faiss when it is installed, else the torch implementation."""
+    if name != "auto":
+        return name
+    try:
+        import faiss  # noqa: F401
+        return "faiss"
+    except ImportError:
+        return "torch"
 
+
+def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, seed: int,
+               backend: str = "auto", device: torch.device | str = "cpu") -> np.ndarray:
+    """k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids.
+
+    ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's
+    algorithm on ``device``, for GPUs where faiss has no GPU build).
+    """
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(features), size=min(max_frames, len(features)), replace=False))
     x = np.ascontiguousarray(features[take], dtype=np.float32)
     if len(x) < k:
         raise ValueError(f"{len(x)} frames cannot make {k} clusters")
+    if kmeans_backend(backend) == "torch":
+        return torch_kmeans(x, k, iterations, seed, device)
+    import faiss
+
     # faiss subsamples again past max_points_per_centroid; ours is already the sample.
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False,
                       max_points_per_centroid=max(len(x) // k + 1, 256))
@@ -72,19 +92,58 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     return km.centroids.astype(np.float32)
 
 
+def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to, and index of, the nearest row of ``c`` for every row of ``x``."""
+    dist = (x * x).sum(1, keepdim=True) - 2 * x @ c.t() + c_sq  # (n, K) squared distances
+    best, idx = dist.min(1)
+    return best.clamp(min=0), idx
+
+
 @torch.no_grad()
-def assign(features: np.ndarray, centroids: np.ndarray, chunk: int = 16384) -> tuple[np.ndarray, float]:
+def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device="cpu", chunk: int = 32768) -> np.ndarray:
+    """Lloyd's k-means from a k-means++ start (Arthur and Vassilvitskii 2007), seeded.
+
+    k-means++ avoids the poor local minima a random start can fall in on
+    well-separated data. A cluster left empty takes the point farthest from its
+    centroid (each empty cluster a different one), so none is returned empty.
+    """
+    data = torch.from_numpy(x).to(device)
+    g = torch.Generator(device=data.device).manual_seed(seed)
+    c = torch.empty(k, data.shape[1], device=data.device)
+    c[0] = data[torch.randint(len(data), (1,), generator=g, device=data.device)]
+    closest = ((data - c[0]) ** 2).sum(1)
+    for i in range(1, k):  # each next centre drawn with probability proportional to D^2
+        pick = torch.multinomial(closest + 1e-12, 1, generator=g)
+        c[i] = data[pick[0]]
+        closest = torch.minimum(closest, ((data - c[i]) ** 2).sum(1))
+    for _ in range(iterations):
+        c_sq = (c * c).sum(1)
+        best = torch.empty(len(data), device=device)
+        idx = torch.empty(len(data), dtype=torch.long, device=device)
+        for s in range(0, len(data), chunk):
+            best[s:s + chunk], idx[s:s + chunk] = nearest(data[s:s + chunk], c, c_sq)
+        counts = torch.bincount(idx, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, idx, data)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            c[empty] = data[best.topk(len(empty)).indices]
+    return c.cpu().numpy()
+
+
+@torch.no_grad()
+def assign(features: np.ndarray, centroids: np.ndarray, chunk: int = 16384,
+           device: torch.device | str = "cpu") -> tuple[np.ndarray, float]:
     """Nearest centroid of every frame, streamed in chunks; returns labels and the inertia."""
-    c = torch.from_numpy(centroids)
+    c = torch.from_numpy(centroids).to(device)
     c_sq = (c * c).sum(1)
     labels = np.empty(len(features), dtype=np.int32)
     inertia = 0.0
     for start in range(0, len(features), chunk):
-        x = torch.from_numpy(np.asarray(features[start:start + chunk], dtype=np.float32))
-        dist = (x * x).sum(1, keepdim=True) - 2 * x @ c.t() + c_sq  # (n, K) squared distances
-        best, idx = dist.min(1)
-        labels[start:start + len(x)] = idx.numpy()
-        inertia += float(best.clamp(min=0).sum())
+        x = torch.from_numpy(np.asarray(features[start:start + chunk], dtype=np.float32)).to(device)
+        best, idx = nearest(x, c, c_sq)
+        labels[start:start + len(x)] = idx.cpu().numpy()
+        inertia += float(best.sum())
     return labels, inertia
 
 
@@ -103,25 +162,30 @@ def quality(labels: np.ndarray, classes: np.ndarray, k: int) -> dict | None:
 
 
 def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path, layer: int, scales: list[int],
-                        max_frames: int, iterations: int, seed: int, max_seconds: float = 30.0) -> dict:
+                        max_frames: int, iterations: int, seed: int, max_seconds: float = 30.0,
+                        backend: str = "auto") -> dict:
     """All steps for one fold; skipped when ``report.json`` is already there (resume)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
+    start = time.perf_counter()
     splits = {"train": train, "valid": valid}
     frames = {name: dump_features(encoder, data, layer, out_dir, name, max_seconds=max_seconds)
               for name, data in splits.items()}
-    report = {"layer": layer, "frames": {s: int(f.sum()) for s, f in frames.items()}, "scales": {}}
+    device = next(encoder.parameters()).device
+    backend = kmeans_backend(backend)
+    report = {"layer": layer, "frames": {s: int(f.sum()) for s, f in frames.items()}, "backend": backend,
+              "scales": {}}
     train_feats = np.load(out_dir / "train.features.npy", mmap_mode="r")
     for k in scales:
         start = time.perf_counter()
-        centroids = fit_kmeans(train_feats, k, max_frames, iterations, seed)
+        centroids = fit_kmeans(train_feats, k, max_frames, iterations, seed, backend, device)
         np.save(out_dir / f"km{k}.centroids.npy", centroids)
         entry = {"fit_s": round(time.perf_counter() - start, 2)}
         for name, data in splits.items():
             feats = np.load(out_dir / f"{name}.features.npy", mmap_mode="r")
-            labels, inertia = assign(feats, centroids)
+            labels, inertia = assign(feats, centroids, device=device)
             np.save(out_dir / f"{name}.km{k}.labels.npy", labels)
             if name == "train":
                 per_frame = lambda values: np.repeat(values, frames[name])  # noqa: E731
@@ -132,6 +196,7 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
         report["scales"][str(k)] = entry
         log.info("k=%d: %d/%d clusters used, NMI(emotion) %.3f, purity %.3f", k, entry["clusters_used"], k,
                  entry["emotion"]["nmi"], entry["emotion"]["purity"])
+    report["wall_s"] = round(time.perf_counter() - start, 1)
     tmp = report_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(report_path)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import contextlib
 import math
 import os
 import time
@@ -39,16 +40,38 @@ class Stage:
     epochs: int
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from .errors import ConfigError
+        raise ConfigError(f"train.device={name}: PyTorch sees no CUDA device here (use auto or cpu)")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked for; a no-op context otherwise."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     """safetensors written to a temporary file and renamed: a kill leaves the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers may share a directory
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, path)
 
 
 def atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
@@ -91,7 +114,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / "done.json"
-    model = stage.model
+    device = resolve_device(cfg.device)
+    model = stage.model.to(device)
     if done.exists():
         model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
         return json.loads(done.read_text())
@@ -126,7 +150,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
             # Each step averages over up to `accumulate` micro-batches (the last step may hold fewer).
             group = batches[step - step % accumulate: step - step % accumulate + accumulate]
             weight = len(batch.index) / sum(len(b.index) for b in group)
-            loss = stage.loss(model, batch, rng)
+            with autocast(device, cfg.precision):
+                loss = stage.loss(model, batch.to(device), rng)
             (loss * weight).backward()
             total += loss.item() * len(batch.index)
             seen += len(batch.index)
@@ -137,11 +162,13 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
             bar.set_postfix(loss=f"{total / seen:.3f}")
         train_s = time.perf_counter() - start
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, cfg.precision):
             metrics = stage.evaluate(model)
+        wall_s = time.perf_counter() - start
         audio_s = sum(float(b.lengths.sum()) for b in batches) / train.sample_rate
         record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
-                  "train_s": round(train_s, 1), "train_audio_s_per_s": round(audio_s / train_s, 1),
+                  "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
+                  "train_audio_s_per_s": round(audio_s / train_s, 1),
                   "padding": round(padding, 4),
                   **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
         improved = metrics["score"] > state["best"]
@@ -161,7 +188,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
 
     model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "best_score": state["best"], "history": state["history"]}
+               "best_score": state["best"], "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
+               "history": state["history"]}
     atomic_json(summary, done)
     last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
     return summary

@@ -181,3 +181,29 @@ def test_builtin_batch_equals_one_by_one_on_speech(builtin, ravdess_root):
             assert t == int(out.lengths[i])
             for a, b in zip(out.hidden_states, alone.hidden_states):
                 assert torch.allclose(a[i, :t], b[0], atol=1e-4, rtol=0)
+
+
+def test_builtin_cache_is_lossless_and_checked(tmp_path, monkeypatch):
+    """The cached encoder equals a fresh conversion; a cache of another source is rebuilt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from gmptl.encoders.ct2 import builtin_encoder
+
+    monkeypatch.setenv("GMPTL_CACHE", str(tmp_path))
+    direct = whisper_encoder_from_ct2(builtin_model_dir(), BUILTIN_SHA256).state_dict()
+    first = builtin_encoder().state_dict()  # converts and writes the cache
+    cache = tmp_path / "whisper-tiny.en.encoder.safetensors"
+    assert cache.is_file()
+    second = builtin_encoder().state_dict()  # reads the cache
+    for name, value in direct.items():
+        assert torch.equal(first[name], value) and torch.equal(second[name], value), name
+
+    with safe_open(str(cache), "pt") as f:
+        tampered = {k: f.get_tensor(k) for k in f.keys()}
+    tampered["layer_norm/gamma"] = torch.zeros_like(tampered["layer_norm/gamma"])
+    save_file(tampered, str(cache), metadata={"source_sha256": "0" * 64})
+    rebuilt = builtin_encoder().state_dict()
+    assert torch.equal(rebuilt["layer_norm.weight"], direct["layer_norm.weight"])
+    with safe_open(str(cache), "pt") as f:
+        assert f.metadata()["source_sha256"] == BUILTIN_SHA256

@@ -54,3 +54,28 @@ def test_quality_on_known_tables():
     assert quality(labels, np.array([0, 1, 0, 1, 0, 1]), 3) == {"nmi": pytest.approx(0.0, abs=1e-12),
                                                                 "purity": 0.5}
     assert quality(labels, np.full(6, -1), 3) is None, "unknown classes (gender) give no score"
+
+
+@pytest.mark.parametrize("k", [8, 64])
+def test_torch_kmeans_matches_faiss_quality(k):
+    """The torch backend (for GPUs without faiss-gpu) reaches faiss's inertia, no cluster left empty."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((k, 16)) * 4
+    x = (centres[rng.integers(0, k, 20000)] + rng.standard_normal((20000, 16))).astype(np.float32)
+    inertia = {}
+    for backend in ("faiss", "torch"):
+        c = fit_kmeans(x, k, max_frames=20000, iterations=25, seed=0, backend=backend)
+        labels, inertia[backend] = assign(x, c)
+        assert c.shape == (k, 16) and len(np.unique(labels)) == k
+    assert inertia["torch"] <= 1.05 * inertia["faiss"]
+
+
+def test_torch_kmeans_refills_empty_clusters():
+    from gmptl.pseudo_labels import torch_kmeans
+
+    x = np.concatenate([np.zeros((500, 2)), np.ones((5, 2)) * 50]).astype(np.float32)
+    x += np.random.default_rng(0).standard_normal(x.shape).astype(np.float32) * 0.01
+    c = torch_kmeans(x, 4, iterations=10, seed=1)
+    labels, _ = assign(x, c)
+    assert len(np.unique(labels)) == 4

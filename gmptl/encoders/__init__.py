@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import EncoderError
 from .base import EncoderOutput, SpeechEncoder
-from .ct2 import BUILTIN_NAME, BUILTIN_SHA256, builtin_model_dir, whisper_encoder_from_ct2
+from .ct2 import BUILTIN_NAME, builtin_encoder, builtin_model_dir
 from .wav2vec2 import FAMILIES, Wav2Vec2FamilyEncoder
 from .whisper import WhisperSpeechEncoder
 
@@ -36,7 +36,7 @@ KNOWN = {
 def build_encoder(spec: str) -> SpeechEncoder:
     """The encoder named by ``spec`` (see the module docstring), in eval mode."""
     if spec == BUILTIN_NAME:
-        return WhisperSpeechEncoder(whisper_encoder_from_ct2(builtin_model_dir(), BUILTIN_SHA256), spec).eval()
+        return WhisperSpeechEncoder(builtin_encoder(), spec).eval()
     if spec.startswith("random:"):
         family, _, size = spec[len("random:"):].rpartition("-")
         if family not in (*FAMILIES, "whisper") or size not in SIZES:

@@ -1,6 +1,9 @@
 """Read CTranslate2 Whisper weights (``model.bin``) into a transformers ``WhisperEncoder``."""
 
 import hashlib
+import json
+import logging
+import os
 import struct
 from pathlib import Path
 
@@ -15,6 +18,13 @@ BUILTIN_NAME = "whisper-tiny.en"
 
 # CTranslate2's DataType enum, in the order of its C++ header.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Where gmptl keeps what it derives once per machine: ``$GMPTL_CACHE`` or ``~/.cache/gmptl``."""
+    return Path(os.environ.get("GMPTL_CACHE") or Path.home() / ".cache" / "gmptl")
 
 
 def builtin_model_dir() -> Path:
@@ -81,16 +91,19 @@ def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
         model_dir: a directory with ``model.bin`` (as written by ct2-transformers-converter).
         expected_sha256: if given, the file must have this digest.
     """
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
     path = Path(model_dir) / "model.bin"
     if not path.is_file():
         raise EncoderError(f"{path}: no CTranslate2 model file")
     if expected_sha256 is not None and sha256(path) != expected_sha256:
         raise EncoderError(f"{path}: sha256 differs from the expected {expected_sha256[:12]}…; "
                            "the file is corrupt or another model")
-    v = {k: torch.from_numpy(a.astype(np.float32)) for k, a in read_variables(path).items()}
+    return encoder_from_variables({k: torch.from_numpy(a.astype(np.float32)) for k, a in read_variables(path).items()})
+
+
+def encoder_from_variables(v: dict[str, torch.Tensor]):
+    """A ``WhisperEncoder`` from CTranslate2's encoder variables (names without ``encoder/``)."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     num_layers = len({k.split("/")[0] for k in v if k.split("/")[0][6:].isdigit()})  # layer_<i>/...
     d_model, n_mels = v["conv1/weight"].shape[:2]
@@ -125,3 +138,39 @@ def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
     encoder = WhisperEncoder(config)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
+
+
+def builtin_encoder():
+    """The built-in Whisper tiny.en encoder, through a per-machine cache.
+
+    The first call converts the wheel's ``model.bin`` (75 MB, encoder and decoder,
+    sha256 checked) and keeps the encoder's variables, float16 as shipped (so
+    nothing is rounded), in ``cache_dir()/whisper-tiny.en.encoder.safetensors``; later
+    calls read that 16 MB file. A cache file that does not come from the checked
+    model (its recorded source digest differs) is ignored and rewritten.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cache = cache_dir() / f"{BUILTIN_NAME}.encoder.safetensors"
+    if cache.is_file():
+        try:
+            with safe_open(str(cache), "pt") as f:
+                if (f.metadata() or {}).get("source_sha256") == BUILTIN_SHA256:
+                    return encoder_from_variables({k: f.get_tensor(k).float() for k in f.keys()})
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt
+            log.warning("%s: unreadable cache (%s), rebuilding it", cache, e)
+    path = builtin_model_dir() / "model.bin"
+    if sha256(path) != BUILTIN_SHA256:
+        raise EncoderError(f"{path}: sha256 differs from the expected {BUILTIN_SHA256[:12]}…; "
+                           "the file is corrupt or another model")
+    variables = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in read_variables(path).items()}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        save_file(variables, str(tmp), metadata={"source_sha256": BUILTIN_SHA256,
+                                                   "source": json.dumps(str(path))})
+        os.replace(tmp, cache)
+    except OSError as e:
+        log.info("not caching %s (%s)", cache, e.strerror)
+    return encoder_from_variables({k: t.float() for k, t in variables.items()})

@@ -97,7 +97,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def forward(self, waveforms, lengths, frame_mask=None) -> EncoderOutput:
         m = self.model
-        mel, mel_lengths = self.features(waveforms, lengths)
+        with torch.autocast(waveforms.device.type, enabled=False):  # the log-mel in fp32 under bf16 autocast
+            mel, mel_lengths = self.features(waveforms.float(), lengths)
         x = F.gelu(m.conv1(mel))  # (B, D, M)
         # conv2 must see zeros past each utterance, as it does when run alone.
         x = x * valid_mask(mel_lengths, x.shape[2])[:, None, :]

@@ -1,0 +1,269 @@
+"""``gmptl reproduce``: the paper's comparison on a corpus, every system on every fold, resumable.
+
+The systems are configs of the one pipeline (``SYSTEMS``). Their steps live in one
+shared directory under digests of their settings (``pipeline.step_dirs``), so a
+system that differs from another only in a later step reuses the earlier ones:
+``gmps+hybrid-ft`` is ``gmp-tl``, ``stage1-multitask`` is ``gmp-tl``'s stage 1,
+``mps+*`` start from ``finetune-ce``'s stage 1. Layout of ``--out``::
+
+    steps/fold{k}/{stage1,pseudo,stage2,stage3}-<digest>/   the trained steps
+    <system>/fold{k}/result.json, predictions.jsonl, model/ one directory per system and fold
+    logs/worker{i}.log                                      with --jobs N > 1
+
+A killed run resumes where it stopped: finished systems, folds and steps are skipped.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, load_config
+from .corpora import load_corpus
+from .cv import claim_run_dir, plot_confusion, provenance, summarize_folds
+from .errors import ConfigError
+from .pipeline import run_fold
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = {
+    "ravdess": {"config": REPO / "configs" / "ravdess_whisper_tiny.yaml", "subset": ["neutral", "happy", "sad", "angry"],
+                "protocol": "speaker-independent 6-fold cross-validation, 4 consecutive actors per test fold; "
+                            "validation on 2 of the 20 training actors (1 female, 1 male); nothing chosen "
+                            "on a test fold"},
+}
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    table: str              # main, table2, table3
+    overrides: tuple = ()
+    subset: bool = False    # on the 4-class subset (reported separately)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@4" if self.subset else self.name
+
+
+def systems(num_layers: int) -> list[System]:
+    """Every system, in the order they run: the main comparison first."""
+    finetune = ("system=finetune", "stage1.alpha=1.0")
+    out = [System("frozen-probe", "main", ("system=probe",)), System("finetune-ce", "main", finetune),
+           System("stage1-multitask", "main", ("system=finetune",)), System("gmp-tl", "main")]
+    out += [System("gmps+hybrid-ft", "table2"), System("gmps+ce-ft", "table2", ("stage3.loss=ce",)),
+            System("mps+hybrid-ft", "table2", ("stage1.alpha=1.0",)),
+            System("mps+ce-ft", "table2", ("stage1.alpha=1.0", "stage3.loss=ce"))]
+    out += [System("finetune-ce", "main", finetune, subset=True), System("gmp-tl", "main", subset=True)]
+    out += [System(f"layer-{i}", "table3", (f"pseudo.layer=-{i}",)) for i in range(1, num_layers + 1)]
+    return out
+
+
+def system_config(base: Path, system: System, overrides: list[str], subset: list[str]) -> Config:
+    extra = [f"data.classes=[{','.join(subset)}]"] if system.subset else []
+    return load_config(base, [*overrides, *system.overrides, *extra])
+
+
+def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: list[int], overrides: list[str]) -> None:
+    """Every system of ``plan`` on ``folds``, system by system (so the main table fills first)."""
+    subset = RECIPES[recipe]["subset"]
+    corpora = {}
+    for system in plan:
+        cfg = system_config(base, system, overrides, subset)
+        if system.subset not in corpora:
+            corpora[system.subset] = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+        claim_run_dir(cfg, out / system.key)
+        for k in folds:
+            start = time.perf_counter()
+            result = run_fold(cfg, corpora[system.subset], k, out / system.key / f"fold{k}", shared=out / "steps")
+            log.info("%s fold %d: WAR %.2f UAR %.2f (%.0f s)", system.key, k, result["war"], result["uar"],
+                     time.perf_counter() - start)
+
+
+def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
+    """``jobs`` processes of ``gmptl reproduce``, the folds dealt out among them, each with its share of threads."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = []
+    for i in range(jobs):
+        mine = folds[i::jobs]
+        if not mine:
+            continue
+        with open(logs / f"worker{i}.log", "a") as f:
+            procs.append(subprocess.Popen([sys.executable, "-m", "gmptl", *args_for(mine)], env=env,
+                                          stdout=f, stderr=subprocess.STDOUT))
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(procs)} workers failed; see {logs}/worker*.log, rerun to resume")
+
+
+def collect(out: Path, plan: list[System], folds: list[int]) -> dict[str, list[dict]]:
+    """The fold results present for each system (a run in progress has some)."""
+    found = {}
+    for system in plan:
+        results = [json.loads(p.read_text()) for k in folds
+                   if (p := out / system.key / f"fold{k}" / "result.json").exists()]
+        if results:
+            found[system.key] = results
+    return found
+
+
+def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]], dest: Path, subset: bool,
+                  command: str, encoder: str, labels: list[str]) -> dict | None:
+    """``dest/summary.json`` (and its plots) for the systems of one label set."""
+    chosen = [s for s in plan if s.subset == subset and s.key in results]
+    if not chosen:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
+    entries, commits, machines = {}, set(), set()
+    for s in chosen:
+        rs = sorted(results[s.key], key=lambda r: r["fold"])
+        summary = summarize_folds(rs, labels)
+        commits.update(r["provenance"]["commit"] for r in rs if r.get("provenance"))
+        machines.update(r["provenance"]["machine"] for r in rs if r.get("provenance"))
+        entries[s.name] = {"table": s.table, "folds": [{k: f[k] for k in ("fold", "war", "uar", "f1")}
+                                                       for f in summary["folds"]],
+                           **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
+                                                      "f1_mean", "f1_std", "recall_mean", "confusion")},
+                           "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
+                           "command": command + (f" --systems {s.name}" if s.table != "main" else "")}
+    summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
+               "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
+               "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
+               "systems": entries}
+    tmp = dest / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(dest / "summary.json")
+    if "gmp-tl" in entries:
+        e = entries["gmp-tl"]
+        plot_confusion(e["confusion"], labels, dest / "confusion_gmp-tl.png",
+                       f"gmp-tl on {recipe}, folds {','.join(str(f['fold']) for f in e['folds'])}: "
+                       f"UAR {e['uar_mean']:.1f}")
+    plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
+    (dest / "README.md").write_text(results_readme(summary, command, subset))
+    return summary
+
+
+def results_readme(summary: dict, command: str, subset: bool) -> str:
+    """The results page, generated from ``summary`` (so the two never disagree)."""
+    systems = summary["systems"]
+    classes = len(summary["classes"])
+    lines = [f"# {summary['corpus']}, {classes} classes ({', '.join(summary['classes'])}): "
+             f"{summary['encoder']}", "",
+             "Generated by `gmptl reproduce` from the fold results; do not edit by hand "
+             "(see NOTES.md beside it, where present, for what was tried and why).", "",
+             f"- Protocol: {summary['protocol']}.",
+             f"- Runs: commit(s) {', '.join(c[:10] for c in summary['runs']['commits']) or 'unknown'}; "
+             f"machine(s): {'; '.join(summary['runs']['machines']) or 'unknown'}.",
+             f"- Written {summary['date']} at commit {str(summary['commit'])[:10]}.",
+             "- WAR = accuracy, UAR = mean per-class recall, in percent: mean ± standard deviation over the "
+             "folds listed. Compute = the system's own steps and test, summed over folds (steps shared "
+             "with another system count for both).", "",
+             "Reproduce (resumes when interrupted; `--jobs N` runs folds in parallel):", "",
+             f"    {command}", "", format_tables(summary)]
+    if "gmp-tl" in systems:
+        lines += ["## gmp-tl: confusion matrix (summed over folds, rows normalised)", "",
+                  "![confusion](confusion_gmp-tl.png)", ""]
+    lines += ["## UAR per fold", "", "![folds](folds.png)", "", "## Per-fold values", "",
+              "| system | " + " | ".join(f"fold {f['fold']} UAR" for f in max(
+                  systems.values(), key=lambda e: len(e["folds"]))["folds"]) + " |",
+              "| --- |" + " --- |" * max(len(e["folds"]) for e in systems.values())]
+    for name, e in systems.items():
+        lines.append(f"| {name} | " + " | ".join(f"{f['uar']:.2f}" for f in e["folds"]) + " |")
+    lines += ["", "## Commands", ""] + [f"- {name}: `{e['command']}`" for name, e in systems.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_folds(entries: dict, path: Path, title: str) -> None:
+    """UAR of each main system on each fold, as grouped bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = {name: e for name, e in entries.items() if e["table"] == "main"}
+    folds = sorted({f["fold"] for e in main.values() for f in e["folds"]})
+    if not folds:
+        return
+    fig, ax = plt.subplots(figsize=(1.4 * len(folds) + 3, 3.6))
+    width = 0.8 / max(len(main), 1)
+    for i, (name, e) in enumerate(main.items()):
+        uar = {f["fold"]: f["uar"] for f in e["folds"]}
+        xs = [j + i * width for j, k in enumerate(folds) if k in uar]
+        ax.bar(xs, [uar[k] for k in folds if k in uar], width, label=f"{name} ({e['uar_mean']:.1f})")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(folds))], [f"fold {k}" for k in folds])
+    ax.set_ylabel("UAR (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[str] | None = None,
+              folds: list[int] | None = None, jobs: int = 1, overrides: list[str] = (), config: str | None = None,
+              report: bool = True, command: str = "", run: bool = True) -> dict:
+    """Run (or resume) every system of ``recipe`` and write its results; see the module docstring."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(RECIPES)})")
+    base = Path(config) if config else RECIPES[recipe]["config"]
+    user = list(overrides)
+    overrides = [*user, f"data.root={root}"]
+    cfg = load_config(base, overrides)
+    corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+    available = [f.index for f in corpus.folds()]
+    folds = folds or available
+    if bad := [k for k in folds if k not in available]:
+        raise ConfigError(f"--folds: {corpus.name} has folds {available}, not {bad}")
+    from .encoders import build_encoder
+    every = systems(build_encoder(cfg.encoder.spec).num_layers)
+    known = sorted({s.name for s in every})
+    if names and (bad := [n for n in names if n not in known]):
+        raise ConfigError(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    plan = [s for s in every if not names or s.name in names]
+    out.mkdir(parents=True, exist_ok=True)
+    if not run:
+        pass  # --report-only: write the results of what is there
+    elif jobs > 1 and len(folds) > 1:
+        def args_for(mine):
+            return (["reproduce", recipe, "--root", root, "--out", str(out), "--folds", ",".join(map(str, mine)),
+                     "--no-report"] + (["--systems", ",".join(names)] if names else [])
+                    + (["--config", config] if config else []) + [a for o in user for a in ("--set", o)])
+        spawn_workers(args_for, jobs, folds, out)
+    else:
+        run_worker(recipe, base, out, plan, folds, overrides)
+    if not report:
+        return {}
+    found = collect(out, plan, folds)
+    command = command or f"gmptl reproduce {recipe} --root {root}"
+    subset_labels = RECIPES[recipe]["subset"]
+    return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels),
+            "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
+                                    True, command, cfg.encoder.spec, subset_labels)}
+
+
+def format_tables(summary: dict) -> str:
+    """Markdown tables of a results summary: main comparison, Table 2, Table 3."""
+    lines = []
+    titles = {"main": "Main comparison", "table2": "Table 2: pseudo-label and fine-tuning variants",
+              "table3": "Table 3: clustered layer of the stage-1 encoder (GMP-TL)"}
+    for table, title in titles.items():
+        rows = {n: e for n, e in summary["systems"].items() if e["table"] == table}
+        if not rows:
+            continue
+        lines += [f"### {title}", "", "| system | folds | WAR (%) | UAR (%) | compute (min) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, e in rows.items():
+            folds = ",".join(str(f["fold"]) for f in e["folds"])
+            lines.append(f"| {name} | {folds} | {e['war_mean']:.2f} ± {e['war_std']:.2f} | "
+                         f"{e['uar_mean']:.2f} ± {e['uar_std']:.2f} | {e['wall_s'] / 60:.1f} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""`gmptl reproduce`: systems share their common steps, results and pages are written, resume is free."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gmptl.__main__ import main
+from synth_corpus import make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
+    manifest = make_corpus(tmp_path / "corpus", speakers=6, per_class=4)
+    out, results = tmp_path / "run", tmp_path / "results" / "ravdess"
+    args = ["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
+            "--out", str(out), "--results", str(results),
+            "--systems", "frozen-probe,finetune-ce,stage1-multitask,gmp-tl,gmps+ce-ft,gmps+hybrid-ft"]
+    assert main(args) == 0
+
+    steps = out / "steps" / "fold1"
+    count = lambda step: len(list(steps.glob(f"{step}-*")))  # noqa: E731
+    # stage 1: alpha 1 and 0.9 on 8... here 4 classes, and again on the 4-class subset (other data digest)
+    assert count("stage1") == 4 and count("pseudo") == 2 and count("stage2") == 2
+    assert count("stage3") == 3  # gmp-tl (= gmps+hybrid-ft), gmps+ce-ft, gmp-tl on the subset
+    fold = lambda name: json.loads((out / name / "fold1" / "result.json").read_text())  # noqa: E731
+    assert fold("stage1-multitask")["step_dirs"]["stage1"] == fold("gmp-tl")["step_dirs"]["stage1"]
+    assert fold("gmps+ce-ft")["step_dirs"]["stage2"] == fold("gmp-tl")["step_dirs"]["stage2"]
+    assert fold("gmps+ce-ft")["step_dirs"]["stage3"] != fold("gmp-tl")["step_dirs"]["stage3"]
+    assert fold("gmps+hybrid-ft")["uar"] == fold("gmp-tl")["uar"]
+    assert fold("finetune-ce")["step_dirs"]["stage1"] != fold("gmp-tl")["step_dirs"]["stage1"]
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert {"corpus", "classes", "encoder", "protocol", "commit", "date", "machine", "systems"} <= set(summary)
+    assert set(summary["systems"]) == {"frozen-probe", "finetune-ce", "stage1-multitask", "gmp-tl", "gmps+ce-ft",
+                                       "gmps+hybrid-ft"}
+    for name, entry in summary["systems"].items():
+        assert [f["fold"] for f in entry["folds"]] == [1, 2]
+        assert entry["uar_mean"] == pytest.approx(sum(f["uar"] for f in entry["folds"]) / 2)
+        assert entry["wall_s"] > 0 and entry["command"].startswith("gmptl reproduce ravdess")
+    four = json.loads((results.with_name("ravdess4") / "summary.json").read_text())
+    assert set(four["systems"]) == {"finetune-ce", "gmp-tl"} and four["classes"] == ["neutral", "happy", "sad", "angry"]
+    page = (results / "README.md").read_text()
+    assert "| gmp-tl | 1,2 |" in page and "Table 2" in page
+    assert (results / "confusion_gmp-tl.png").stat().st_size > 0 and (results / "folds.png").stat().st_size > 0
+
+    # Resume: with every result present, two workers find nothing to do and the summary is unchanged.
+    before = {p: p.stat().st_mtime for p in out.rglob("result.json")}
+    assert main([*args, "--jobs", "2"]) == 0
+    assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
+    again = json.loads((results / "summary.json").read_text())
+    assert again["systems"]["gmp-tl"]["uar_mean"] == summary["systems"]["gmp-tl"]["uar_mean"]
+    assert "gmp-tl" in capsys.readouterr().out
+
+
+def test_reproduce_rejects_unknown_systems(tmp_path):
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    with pytest.raises(SystemExit):
+        main(["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
+              "--out", str(tmp_path / "o"), "--systems", "gmp-tl,bogus"])
