@@ -133,6 +133,19 @@ def write_rows(rows: list[dict], path: Path) -> None:
         raise GmptlError(f"--out {path}: use a .csv or .jsonl file")
 
 
+def write_track(track, path: Path) -> None:
+    """One CSV row per frame: its start time and its pseudo-label at every scale."""
+    import csv
+
+    scales = sorted(track[0].labels) if track else []
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["time"] + [f"km{k}" for k in scales])
+        for piece in track:
+            for i, row in enumerate(zip(*(piece.labels[k] for k in scales))):
+                writer.writerow([round(piece.start + i * piece.frame_seconds, 3), *map(int, row)])
+
+
 def cmd_predict(args) -> int:
     from .audio import load_audio
     from .errors import AudioError
@@ -150,7 +163,25 @@ def cmd_predict(args) -> int:
     if args.timeline:
         if len(files) != 1:
             raise GmptlError(f"--timeline takes one recording, got {len(files)}")
-        windows = list(recognizer.timeline(files[0], args.window, args.hop, args.batch_size))
+        from tqdm import tqdm
+
+        from .audio import audio_info
+
+        seconds = audio_info(files[0]).duration
+        with tqdm(total=round(seconds, 1), desc="timeline", unit="s", disable=None, leave=False) as bar:
+            windows = []
+            for w in recognizer.timeline(files[0], args.window, args.hop, args.batch_size):
+                windows.append(w)
+                bar.update(round(min(w.end, seconds) - bar.n, 1))
+        track = None
+        if (args.plot or args.track) and recognizer.pseudo is not None:
+            track = list(recognizer.pseudo_track(files[0]))
+        elif args.track:
+            raise GmptlError(f"--track: {args.model} has no pseudo-label encoder and centroids (a GMP-TL model "
+                             "directory has them; an ONNX export does not)")
+        if args.track:
+            write_track(track, Path(args.track))
+            print(f"pseudo-label track: {args.track}")
         if out:
             write_rows([w.to_dict() for w in windows], out)
             print(f"{len(windows)} window(s) in {out}")
@@ -158,7 +189,7 @@ def cmd_predict(args) -> int:
             for w in windows:
                 print(f"{w.start:9.2f} {w.end:9.2f}  {w.label:<10} {w.probabilities[w.label]:.2f}")
         if args.plot:
-            plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time")
+            plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time", track)
             print(f"plot: {args.plot}")
         return 0
 
@@ -264,7 +295,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", action="store_true", help="sliding windows over one recording of any length")
     p.add_argument("--window", type=float, default=2.0, help="timeline window in seconds (default 2)")
     p.add_argument("--hop", type=float, default=0.5, help="timeline hop in seconds (default 0.5)")
-    p.add_argument("--plot", help="with --timeline: a PNG of each emotion's probability over time")
+    p.add_argument("--plot", help="with --timeline: a PNG of each emotion's probability over time "
+                                  "(and, for GMP-TL models, the frame pseudo-label track)")
+    p.add_argument("--track", help="with --timeline: a CSV of every frame's pseudo-labels (GMP-TL models)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.set_defaults(func=cmd_predict)

@@ -28,7 +28,8 @@ def provenance() -> dict:
         commit = done.stdout.strip() if done.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    commit = commit or os.environ.get("GMPTL_COMMIT")  # a copy of the tree without .git says where it came from
+    # A copy of the tree elsewhere (no .git, or a stale one) says where it came from.
+    commit = os.environ.get("GMPTL_COMMIT") or commit
     import torch
     machine = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
     if torch.cuda.is_available():

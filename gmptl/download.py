@@ -25,8 +25,9 @@ CORPORA = {
 }
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -81,7 +82,7 @@ def download(name: str, dest, url: str | None = None, md5: str | None = None) ->
     expected = md5 or spec["md5"]
     if not archive.exists():
         fetch(url or spec["url"], archive)
-    got = md5sum(archive)
+    got = file_digest(archive, "md5")
     if got != expected:
         bad = archive.with_name(archive.name + ".bad")
         archive.replace(bad)

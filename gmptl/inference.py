@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, load_audio, stream_audio, to_mono_resampled, validate_waveform
-from .modeldir import load_model_dir
+from .modeldir import load_centroids, load_model_dir, load_pseudo_encoder
 
 GENDERS = ("female", "male")
 
@@ -42,6 +42,32 @@ class Window:
         return asdict(self)
 
 
+@dataclass
+class PseudoLabels:
+    """Frame-level pseudo-labels of one stretch of a recording (50 frames per second)."""
+
+    start: float                    # seconds from the start of the recording
+    frame_seconds: float            # duration of one frame
+    labels: dict[int, np.ndarray]   # scale K -> (T,) nearest-centroid index of each frame
+
+
+class PseudoLabeler:
+    """Labels frames as GMP-TL's training did: one layer of the stage-1 encoder -> nearest centroid per scale."""
+
+    def __init__(self, encoder, layer: int, centroids: dict[int, torch.Tensor]):
+        self.encoder, self.layer = encoder.eval(), layer
+        self.centroids = {k: (c.float(), (c.float() ** 2).sum(1)) for k, c in sorted(centroids.items())}
+
+    @torch.no_grad()
+    def __call__(self, wave: np.ndarray) -> dict[int, np.ndarray]:
+        from .pseudo_labels import nearest
+
+        lengths = torch.tensor([len(wave)])
+        out = self.encoder(torch.from_numpy(wave)[None], lengths)
+        frames = out.hidden_states[self.layer][0, : int(out.lengths[0])].float()
+        return {k: nearest(frames, c, c_sq)[1].numpy().astype(np.int32) for k, (c, c_sq) in self.centroids.items()}
+
+
 class Recognizer:
     """A trained model ready for audio: ``gmptl.load(model_dir)`` returns one.
 
@@ -59,9 +85,10 @@ class Recognizer:
         meta: the model's config.json (or the ONNX metadata).
     """
 
-    def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict):
+    def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict,
+                 pseudo: PseudoLabeler | None = None):
         self.labels, self.sample_rate, self.max_samples = list(labels), sample_rate, max_samples
-        self.has_gender, self.score, self.meta = has_gender, score, meta
+        self.has_gender, self.score, self.meta, self.pseudo = has_gender, score, meta, pseudo
 
     @classmethod
     def from_model_dir(cls, model_dir) -> "Recognizer":
@@ -78,7 +105,12 @@ class Recognizer:
 
         # Whisper encoders take 30 s at most; longer input is scored in 30 s pieces.
         max_samples = int(getattr(model.encoder, "max_samples", 30 * meta["sample_rate"]))
-        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta)
+        pseudo = None
+        encoder = load_pseudo_encoder(model_dir, meta)
+        if encoder is not None:
+            centroids = {int(name[2:]): c for name, c in load_centroids(model_dir).items()}
+            pseudo = PseudoLabeler(encoder, meta["pseudo_labels"]["layer"], centroids)
+        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta, pseudo)
 
     @classmethod
     def from_onnx(cls, path) -> "Recognizer":
@@ -182,6 +214,28 @@ class Recognizer:
             yield from flush()
 
 
+    def pseudo_track(self, path, chunk: float = 10.0) -> Iterator[PseudoLabels]:
+        """Frame-level pseudo-labels of a recording of any length, streamed in ``chunk``-second pieces.
+
+        Needs a GMP-TL model directory (its stage-1 encoder and centroids). Each piece
+        is encoded alone, so frames within a fraction of a second of a piece boundary
+        see less context than in training, where whole utterances were encoded.
+        """
+        if self.pseudo is None:
+            raise ValueError("this model has no pseudo-label encoder and centroids (GMP-TL models from this "
+                             "version have them; ONNX exports do not)")
+        hop = self.sample_rate // 50  # 20 ms frames
+        size = max(hop, int(chunk * self.sample_rate) // hop * hop)
+        buffer, offset = np.zeros(0, dtype=np.float32), 0
+        for block in stream_audio(path, self.sample_rate, block_seconds=max(chunk, 10.0)):
+            buffer = np.concatenate([buffer, block])
+            while len(buffer) >= size:
+                yield PseudoLabels(offset / self.sample_rate, hop / self.sample_rate, self.pseudo(buffer[:size]))
+                buffer, offset = buffer[size:], offset + size
+        if len(buffer) >= 400:
+            yield PseudoLabels(offset / self.sample_rate, hop / self.sample_rate, self.pseudo(buffer))
+
+
 def load(model, backend: str = "torch") -> Recognizer:
     """A ``Recognizer`` for a model directory (from ``gmptl train`` or a ``gmptl cv`` fold).
 
@@ -220,17 +274,31 @@ def expand_paths(items: list[str]) -> tuple[list[Path], list[str]]:
     return list(dict.fromkeys(files)), unmatched
 
 
-def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "") -> None:
-    """Probability of each emotion over time, one line per emotion."""
+def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "",
+                  track: list[PseudoLabels] | None = None) -> None:
+    """Probability of each emotion over time, one line per emotion; below it, where
+    given, the frame-level pseudo-label track (one row per scale, colour = cluster)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     centres = np.array([(w.start + w.end) / 2 for w in windows])
-    fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, 0.1 * len(windows) + 6)), 3.6))
+    width = max(6.0, min(24.0, 0.1 * len(windows) + 6))
+    if track:
+        fig, (ax, low) = plt.subplots(2, 1, figsize=(width, 5.4), sharex=True, height_ratios=[3, 1.2])
+        scales = sorted(track[0].labels)
+        rows = np.stack([np.concatenate([t.labels[k] for t in track]) / k for k in scales])
+        end = track[-1].start + len(track[-1].labels[scales[0]]) * track[-1].frame_seconds
+        low.imshow(rows, aspect="auto", interpolation="nearest", cmap="nipy_spectral",
+                   extent=(track[0].start, end, len(scales) - 0.5, -0.5))
+        low.set_yticks(range(len(scales)), [f"k={k}" for k in scales])
+        low.set_xlabel("time (s)")
+        low.set_title("pseudo-labels (nearest centroid of each 20 ms frame)", fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.6))
+        ax.set_xlabel("time (s)")
     for label in labels:
         ax.plot(centres, [w.probabilities[label] for w in windows], label=label, linewidth=1.4)
-    ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1)
     ax.set_title(title)

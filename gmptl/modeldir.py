@@ -1,9 +1,11 @@
-"""A trained model on disk: ``config.json`` + ``model.safetensors`` (+ ``centroids.safetensors``). No pickles.
+"""A trained model on disk: ``config.json`` + ``model.safetensors`` (+ pseudo-label files). No pickles.
 
 ``config.json`` holds everything needed to rebuild the network without the hub:
 the encoder's transformers config, the head sizes, the label names, the training
-config, metrics and provenance. ``centroids.safetensors`` holds the pseudo-label
-centroids (``km<K>``: (K, D) float32) for models trained with GMP-TL.
+config, metrics and provenance. Models trained with GMP-TL also hold the
+pseudo-label centroids (``centroids.safetensors``: ``km<K>``, (K, D) float32) and
+the stage-1 encoder they were fitted on (``pseudo_encoder.safetensors``, same
+architecture as the model's encoder), so frames can be labelled as in training.
 """
 
 import json
@@ -42,7 +44,8 @@ def encoder_from_description(desc: dict) -> SpeechEncoder:
 
 
 def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], weights: Path, extra: dict,
-                   centroids: dict[str, torch.Tensor] | None = None) -> Path:
+                   centroids: dict[str, torch.Tensor] | None = None,
+                   pseudo_encoder: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a model directory from a trained classifier whose state is in ``weights``.
 
     The weights file is hard-linked where the file system allows it (no second copy
@@ -60,6 +63,8 @@ def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], wei
     os.replace(tmp, target)
     if centroids:
         save_file({k: v.contiguous() for k, v in centroids.items()}, str(out / "centroids.safetensors"))
+    if pseudo_encoder:
+        save_file({k: v.contiguous() for k, v in pseudo_encoder.items()}, str(out / "pseudo_encoder.safetensors"))
     meta = {"format": FORMAT, "labels": list(labels), "sample_rate": model.encoder.sample_rate,
             "encoder": encoder_description(model.encoder),
             "head": {"layer": model.layer.index, "classifier": model.classifier, "gender": model.gender is not None,
@@ -98,3 +103,13 @@ def load_model_dir(path) -> tuple[UtteranceClassifier, dict]:
 def load_centroids(path) -> dict[str, torch.Tensor]:
     f = Path(path) / "centroids.safetensors"
     return load_file(str(f)) if f.is_file() else {}
+
+
+def load_pseudo_encoder(path, meta: dict) -> SpeechEncoder | None:
+    """The stage-1 encoder the centroids were fitted on, or None where the model has none."""
+    f = Path(path) / "pseudo_encoder.safetensors"
+    if not f.is_file() or not meta.get("pseudo_labels"):
+        return None
+    encoder = encoder_from_description(meta["encoder"])
+    encoder.load_state_dict(load_file(str(f)))
+    return encoder.eval()

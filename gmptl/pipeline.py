@@ -217,18 +217,22 @@ def test_model(model, test: AudioSet, max_seconds: float, out: Path) -> dict:
 
 
 def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict,
-           pseudo_dir: Path | None = None) -> Path:
+           pseudo_dir: Path | None = None, stage1_weights: Path | None = None) -> Path:
     """The final model as a model directory (``out/model``), with its pseudo-label centroids."""
-    from .cv import provenance
+    from safetensors.torch import load_file
+
     from .modeldir import save_model_dir
 
-    centroids = {}
+    centroids, pseudo_encoder = {}, None
     if cfg.system == "gmp-tl":
-        centroids = {f"km{k}": torch.from_numpy(np.load((pseudo_dir or out / "pseudo") / f"km{k}.centroids.npy"))
+        pseudo_dir = pseudo_dir or out / "pseudo"
+        centroids = {f"km{k}": torch.from_numpy(np.load(pseudo_dir / f"km{k}.centroids.npy"))
                      for k in cfg.pseudo.scales}
+        stage1 = load_file(str(stage1_weights)) if stage1_weights else {}
+        pseudo_encoder = {k[len("encoder."):]: v for k, v in stage1.items() if k.startswith("encoder.")}
     extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
              "metrics": metrics, "config": cfg.to_dict(), "provenance": provenance()}
-    return save_model_dir(out / "model", model, labels, weights, extra, centroids)
+    return save_model_dir(out / "model", model, labels, weights, extra, centroids, pseudo_encoder)
 
 
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,
@@ -268,7 +272,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
     metrics["valid_uar"] = stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
-    export(cfg, model, weights, labels, out, metrics, dirs["pseudo"])
+    export(cfg, model, weights, labels, out, metrics, dirs["pseudo"], dirs["stage1"] / "best.safetensors")
     atomic_json(result, result_path)
     return result
 

@@ -120,3 +120,54 @@ def test_tail_shorter_than_a_window_is_covered(model_dir, tmp_path):
     windows = list(gmptl.load(model_dir).timeline(path, window=2.0, hop=1.0))
     assert [w.start for w in windows] == [0.0, 1.0, 2.0]
     assert windows[-1].end == pytest.approx(3.3, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def gmptl_model(tmp_path_factory) -> tuple[Path, Path]:
+    corpus = make_corpus(tmp_path_factory.mktemp("corpus"), speakers=4, per_class=3)
+    out = tmp_path_factory.mktemp("train_gmptl")
+    assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "data.valid_fraction=0.25",
+                 "--out", str(out)]) == 0
+    return out, corpus.parent
+
+
+def test_pseudo_track_labels_frames_as_training_did(gmptl_model):
+    """The model's stage-1 encoder + centroids give a training utterance the labels k-means gave it."""
+    out, corpus = gmptl_model
+    assert (out / "model" / "pseudo_encoder.safetensors").is_file()
+    rec = gmptl.load(out / "model")
+    pseudo = out / "pseudo"
+    ids = (pseudo / "train.ids.txt").read_text().split()
+    lengths = np.load(pseudo / "train.lengths.npy")
+    first = 0
+    for i, utt in enumerate(ids[:3]):
+        path = next(corpus.glob(f"{utt}.*"))
+        (piece,) = list(rec.pseudo_track(path, chunk=30.0))
+        for k in (4, 8, 16):
+            trained = np.load(pseudo / f"train.km{k}.labels.npy")[first:first + lengths[i]]
+            assert len(piece.labels[k]) == lengths[i]
+            # the dump was float16, the track float32: only near-ties may differ
+            assert (piece.labels[k] == trained).mean() >= 0.9
+        first += lengths[i]
+
+
+def test_timeline_track_csv_and_plot(gmptl_model, tmp_path):
+    out, corpus = gmptl_model
+    rng = np.random.default_rng(1)
+    recording = tmp_path / "long.wav"
+    sf.write(recording, np.concatenate([voice(e, True, 2.0, rng) for e in ("happy", "sad", "angry")]), 16000)
+    track, plot = tmp_path / "track.csv", tmp_path / "t.png"
+    assert main(["predict", str(out / "model"), str(recording), "--timeline", "--window", "1", "--hop", "0.5",
+                 "--track", str(track), "--plot", str(plot)]) == 0
+    rows = list(csv.DictReader(track.open()))
+    assert list(rows[0]) == ["time", "km4", "km8", "km16"]
+    assert len(rows) == pytest.approx(6.0 * 50, abs=2)
+    assert all(0 <= int(r["km16"]) < 16 for r in rows)
+    assert float(rows[-1]["time"]) == pytest.approx(6.0 - 0.02, abs=0.05)
+    assert plot.stat().st_size > 0
+
+
+def test_track_needs_a_gmptl_model(model_dir, clips, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(model_dir), str(clips[0]), "--timeline", "--track", "x.csv"])
+    assert exit.value.code == 2 and "no pseudo-label encoder" in capsys.readouterr().err

