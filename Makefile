@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gmptl-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-fast tts demo clean
+.PHONY: setup test test-fast tts demo bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ tts:
 
 demo: setup tts
 	$(PY) -m gmptl.demo
+
+# Speed and memory figures (bench/README.md) into bench/results.json; needs ../shared/data/ravdess.
+bench: setup
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -330,8 +331,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from . import dist
+
+    dist.init()  # under torchrun: join the process group; alone: nothing
+    if not dist.is_main():
+        sys.stdout = open(os.devnull, "w")  # one table, from rank 0
+    level = logging.DEBUG if args.verbose else logging.INFO if dist.is_main() else logging.WARNING
+    logging.basicConfig(level=level, format=("" if dist.is_main() else f"[rank {dist.rank()}] ")
+                        + "%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # Third-party chatter (weight-loading bars, hub notices) only with --verbose.
         for name in ("transformers", "huggingface_hub", "urllib3", "faiss", "matplotlib"):

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
+from .config import Config, config_from_dict
 from .corpora import load_corpus
 from .errors import ConfigError
 from .pipeline import run_fold
+from . import dist
 from .train import atomic_json
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,21 @@ def format_table(summary: dict) -> str:
 
 
 def claim_run_dir(cfg: Config, out: Path) -> None:
-    """Save the resolved config in ``out``; refuse to resume a run of another config there."""
+    """Save the resolved config in ``out``; refuse to resume a run of another config there.
+
+    A run saved by an older gmptl resumes when the options added since then hold
+    their defaults (the saved config is read with today's defaults filled in).
+    """
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     resolved = cfg.to_dict()
-    if saved.exists() and json.loads(saved.read_text()) != resolved:
-        raise ConfigError(f"{out}: holds a run of another config; use another --out or remove it")
+    if saved.exists():
+        try:
+            before = config_from_dict(json.loads(saved.read_text())).to_dict()
+        except ConfigError:
+            before = None
+        if before != resolved:
+            raise ConfigError(f"{out}: holds a run of another config; use another --out or remove it")
     atomic_json(resolved, saved)
 
 
@@ -115,7 +125,8 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
                **summarize_folds(results, corpus.labels), "wall_s": round(time.perf_counter() - start, 1),
                **provenance()}
     atomic_json(summary, out / "summary.json")
-    plot_confusion(summary["confusion"], corpus.labels, out / "confusion.png",
-                   f"{cfg.system} on {corpus.name}, folds {','.join(map(str, folds))}: "
-                   f"UAR {summary['uar_mean']:.1f}")
+    if dist.is_main():
+        plot_confusion(summary["confusion"], corpus.labels, out / "confusion.png",
+                       f"{cfg.system} on {corpus.name}, folds {','.join(map(str, folds))}: "
+                       f"UAR {summary['uar_mean']:.1f}")
     return summary

@@ -58,9 +58,11 @@ class BiLSTMPool(nn.Module):
         reverse = reverse_index(lengths, frames.shape[1])[..., None]  # (B, T, 1)
         forward, _ = self.lstm_fwd(frames)
         backward, _ = self.lstm_bwd(frames.gather(1, reverse.expand_as(frames)))
-        backward = backward.gather(1, reverse.expand_as(backward))  # back to time order
-        out = torch.cat([forward, backward], -1) * valid[..., None].to(frames.dtype)  # (B, T, 2H)
-        return out.sum(1) / lengths.clamp(min=1)[:, None].to(out.dtype)
+        # The mean over valid frames does not depend on their order: the backward
+        # outputs are pooled in reversed order, never put back in time order.
+        keep = valid[..., None].to(frames.dtype)
+        pooled = torch.cat([(forward * keep).sum(1), (backward * keep).sum(1)], -1)  # (B, 2H)
+        return pooled / lengths.clamp(min=1)[:, None].to(pooled.dtype)
 
 
 def reverse_index(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import losses
+from . import dist, losses
 from .config import Config
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
@@ -39,6 +39,7 @@ def provenance() -> dict:
 def new_encoder(cfg: Config):
     encoder = build_encoder(cfg.encoder.spec)
     encoder.freeze_frontend(cfg.encoder.freeze_frontend)
+    encoder.checkpointing = cfg.train.checkpointing
     return encoder
 
 
@@ -50,14 +51,16 @@ def classifier(cfg: Config, encoder, num_classes: int, gender: bool, kind: str) 
 
 @torch.no_grad()
 def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batch_size: int = 16) -> np.ndarray:
-    """(N, C) emotion scores (logits or cosines) in ``data`` order."""
+    """(N, C) emotion scores (logits or cosines) in ``data`` order (under torchrun: batches
+    dealt out to the ranks, each rank's rows summed into every rank's copy)."""
     model.eval()
     device = model_device(model)
-    out = np.zeros((len(data), len(data.labels)), dtype=np.float32)
-    for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
-        b = batch.to(device)
-        out[batch.index.numpy()] = model(b.waves, b.lengths)["emotion"].float().cpu().numpy()
-    return out
+    out = torch.zeros(len(data), len(data.labels))
+    for i, batch in enumerate(epoch_batches(data, batch_size, max_seconds, rng=None)):
+        if i % dist.world() == dist.rank():
+            b = batch.to(device)
+            out[batch.index] = model(b.waves, b.lengths)["emotion"].float().cpu()
+    return dist.sum_(out.to(device) if dist.active() and device.type == "cuda" else out).cpu().numpy()
 
 
 def classification_eval(data: AudioSet, max_seconds: float):
@@ -113,14 +116,15 @@ def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "")
     in a later step (e.g. CE-FT vs Hybrid-FT) reuse the earlier ones.
 
     A step depends on the data (not its path: ``key`` names the fold), the encoder,
-    the head, training settings but the device, and its own section and those of
-    the steps before it.
+    the head, training settings (not the device or gradient checkpointing), and its
+    own section and those of the steps before it.
     """
     if shared is None:
         return {step: out / step for step in STEPS}
     c = cfg.to_dict()
     c["data"].pop("root")
-    c["train"].pop("device")
+    for how in ("device", "checkpointing"):  # how a step runs, not what it computes
+        c["train"].pop(how)
     common = {"key": key, "data": c["data"], "encoder": c["encoder"], "head": c["head"], "train": c["train"]}
     stage1 = {**common, "stage1": c["stage1"]}
     pseudo = {**stage1, "pseudo": c["pseudo"]}
@@ -163,12 +167,15 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     predictor = MaskedPredictor(encoder, p.scales, cfg.head.proj_hidden)
 
     def stage2_eval(m) -> dict:
-        rng = np.random.default_rng([cfg.train.seed, 2])  # the same masks at every epoch
+        device = model_device(m)
         total = n = 0
-        for batch in epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None):
-            batch = batch.to(model_device(m))
-            total += stage2_batch_loss(m, batch, valid_labels, cfg, rng).item() * len(batch.index)
-            n += len(batch.index)
+        for i, batch in enumerate(epoch_batches(valid, cfg.train.micro_batch, d.max_seconds, rng=None)):
+            if i % dist.world() == dist.rank():
+                rng = np.random.default_rng([cfg.train.seed, 2, i])  # the same masks at every epoch
+                total += stage2_batch_loss(m, batch.to(device), valid_labels, cfg, rng).item() * len(batch.index)
+                n += len(batch.index)
+        total, n = dist.sum_(torch.tensor([total, float(n)], dtype=torch.float64,
+                                          device=device if dist.active() and device.type == "cuda" else "cpu")).tolist()
         return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
 
     stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
@@ -188,6 +195,8 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
 def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> dict:
     """One line per test utterance in ``out/predictions.jsonl``; returns the test scores."""
     pred = emotion_scores.argmax(1)
+    if not dist.is_main():
+        return scores(test.emotion, pred, test.labels)
     with open(out / "predictions.jsonl", "w") as f:
         for u, y, p, row in zip(test.utterances, test.emotion, pred, emotion_scores):
             f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": test.labels[y],
@@ -223,6 +232,8 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
 
     from .modeldir import save_model_dir
 
+    if not dist.is_main():
+        return out / "model"
     centroids, pseudo_encoder = {}, None
     if cfg.system == "gmp-tl":
         pseudo_dir = pseudo_dir or out / "pseudo"
@@ -274,6 +285,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     metrics["valid_uar"] = stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
     export(cfg, model, weights, labels, out, metrics, dirs["pseudo"], dirs["stage1"] / "best.safetensors")
     atomic_json(result, result_path)
+    dist.barrier()
     return result
 
 

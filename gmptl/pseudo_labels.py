@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import dist
 from .data import AudioSet, epoch_batches
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,12 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str, batch_size: int = 16,
                   max_seconds: float = 30.0) -> np.ndarray:
-    """Write layer ``layer`` of ``encoder`` for every utterance of ``data``; returns the lengths."""
+    """Write layer ``layer`` of ``encoder`` for every utterance of ``data``; returns the lengths.
+
+    Frames go straight from each batch into a float16 memmap, so no more than one
+    batch is ever in memory. Under torchrun the batches are dealt out to the ranks,
+    which write their own rows of the one file rank 0 created.
+    """
     encoder.eval()
     device = next(encoder.parameters()).device
     max_samples = int(max_seconds * encoder.sample_rate)
@@ -40,10 +46,17 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
     offsets = np.concatenate([[0], np.cumsum(frames)])
     path = out_dir / f"{split}.features.npy"
     tmp = path.with_suffix(".tmp.npy")
-    feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                      shape=(int(offsets[-1]), encoder.hidden_size))
+    if dist.is_main():
+        feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                          shape=(int(offsets[-1]), encoder.hidden_size))
+        feats.flush()
+    dist.barrier()
+    if not dist.is_main():
+        feats = np.load(tmp, mmap_mode="r+")
     with tqdm(total=len(data), desc=f"dumping {split} layer {layer}", unit="utt", leave=False, disable=None) as bar:
-        for batch in epoch_batches(data, batch_size, max_seconds, rng=None):
+        for b, batch in enumerate(epoch_batches(data, batch_size, max_seconds, rng=None)):
+            if b % dist.world() != dist.rank():
+                continue
             hidden = encoder(batch.waves.to(device), batch.lengths.to(device)).hidden_states[layer]  # (B, T, D)
             hidden = hidden.float().cpu()
             for row, i in enumerate(batch.index.tolist()):
@@ -52,9 +65,11 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
             bar.update(len(batch.index))
     feats.flush()
     del feats
-    tmp.replace(path)
-    np.save(out_dir / f"{split}.lengths.npy", frames.astype(np.int64))
-    (out_dir / f"{split}.ids.txt").write_text("".join(u.id + "\n" for u in data.utterances))
+    dist.barrier()
+    if dist.is_main():
+        tmp.replace(path)
+        np.save(out_dir / f"{split}.lengths.npy", frames.astype(np.int64))
+        (out_dir / f"{split}.ids.txt").write_text("".join(u.id + "\n" for u in data.utterances))
     return frames
 
 
@@ -86,7 +101,8 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     import faiss
 
     # faiss subsamples again past max_points_per_centroid; ours is already the sample.
-    km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False,
+    gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
+    km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
                       max_points_per_centroid=max(len(x) // k + 1, 256))
     km.train(x)
     return km.centroids.astype(np.float32)
@@ -164,7 +180,11 @@ def quality(labels: np.ndarray, classes: np.ndarray, k: int) -> dict | None:
 def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path, layer: int, scales: list[int],
                         max_frames: int, iterations: int, seed: int, max_seconds: float = 30.0,
                         backend: str = "auto") -> dict:
-    """All steps for one fold; skipped when ``report.json`` is already there (resume)."""
+    """All steps for one fold; skipped when ``report.json`` is already there (resume).
+
+    Under torchrun every rank dumps its share of the features; rank 0 fits and
+    assigns while the others wait.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.json"
     if report_path.exists():
@@ -173,6 +193,9 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
     splits = {"train": train, "valid": valid}
     frames = {name: dump_features(encoder, data, layer, out_dir, name, max_seconds=max_seconds)
               for name, data in splits.items()}
+    if not dist.is_main():
+        dist.barrier()
+        return json.loads(report_path.read_text())
     device = next(encoder.parameters()).device
     backend = kmeans_backend(backend)
     report = {"layer": layer, "frames": {s: int(f.sum()) for s, f in frames.items()}, "backend": backend,
@@ -200,6 +223,7 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
     tmp = report_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(report_path)
+    dist.barrier()
     return report
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import dist
 from .config import TrainConfig
 from .data import AudioSet, Batch, epoch_batches
 
@@ -43,7 +44,9 @@ class Stage:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device())  # under torchrun: this rank's GPU
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from .errors import ConfigError
@@ -63,7 +66,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """safetensors written to a temporary file and renamed: a kill leaves the old file or the new."""
+    """safetensors written to a temporary file and renamed: a kill leaves the old file or the new.
+    Under torchrun only rank 0 writes."""
+    if not dist.is_main():
+        return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers may share a directory
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
@@ -71,6 +77,9 @@ def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None
 
 
 def atomic_json(obj, path: Path) -> None:
+    """JSON written to a temporary file and renamed; under torchrun only rank 0 writes."""
+    if not dist.is_main():
+        return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
@@ -109,8 +118,13 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     Every epoch ends with ``last.safetensors`` (model and optimizer) + ``last.json``
     (epoch, best score, history), and ``best.safetensors`` when validation improved;
     a run killed at any moment resumes from the last finished epoch and, since each
-    epoch's shuffling, crops, masks and dropout are seeded by (seed, epoch), ends
-    with the same weights as an uninterrupted run. A finished stage is skipped.
+    epoch's shuffling and crops are seeded by (seed, epoch) and each micro-batch's
+    masks and dropout by (seed, epoch, micro-batch), ends with the same weights as
+    an uninterrupted run. A finished stage is skipped.
+
+    Under torchrun (see ``gmptl.dist``) the micro-batches of every optimizer step
+    are dealt out to the ranks and their gradients summed before the step: the
+    same update as one process with the same ``batch_size``. Only rank 0 writes.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / "done.json"
@@ -134,8 +148,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     logfile = out_dir / "log.jsonl"
     while state["epoch"] < stage.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
-        rng = np.random.default_rng([cfg.seed, epoch])  # order, crops, masks
+        rng = np.random.default_rng([cfg.seed, epoch])  # order, crops
         batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
         padding = 1 - sum(float(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
         if padding > cfg.max_padding:
@@ -146,20 +159,28 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         bar = tqdm(batches, desc=f"{stage.name} epoch {epoch}/{stage.epochs}", unit="batch", leave=False,
                    disable=None)
         opt.zero_grad(set_to_none=True)
+        params = [p for p in model.parameters() if p.requires_grad]
         for step, batch in enumerate(bar):
-            # Each step averages over up to `accumulate` micro-batches (the last step may hold fewer).
-            group = batches[step - step % accumulate: step - step % accumulate + accumulate]
-            weight = len(batch.index) / sum(len(b.index) for b in group)
-            with autocast(device, cfg.precision):
-                loss = stage.loss(model, batch.to(device), rng)
-            (loss * weight).backward()
-            total += loss.item() * len(batch.index)
-            seen += len(batch.index)
+            # Each step averages over up to `accumulate` micro-batches (the last step may hold fewer),
+            # dealt out to the ranks in turn.
+            if (step % accumulate) % dist.world() == dist.rank():
+                group = batches[step - step % accumulate: step - step % accumulate + accumulate]
+                weight = len(batch.index) / sum(len(b.index) for b in group)
+                torch.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
+                micro_rng = np.random.default_rng([cfg.seed, epoch, step])  # masks
+                with autocast(device, cfg.precision):
+                    loss = stage.loss(model, batch.to(device), micro_rng)
+                (loss * weight).backward()
+                total += loss.item() * len(batch.index)
+                seen += len(batch.index)
             if step % accumulate == accumulate - 1 or step == len(batches) - 1:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                dist.sum_gradients(params)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{total / seen:.3f}")
+            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
+        total, seen = dist.sum_(torch.tensor([total, float(seen)], dtype=torch.float64,
+                                             device=device if dist.active() and device.type == "cuda" else "cpu")).tolist()
         train_s = time.perf_counter() - start
         model.eval()
         with torch.no_grad(), autocast(device, cfg.precision):
@@ -175,14 +196,17 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         state.update(epoch=epoch, history=state["history"] + [record])
         if improved:
             state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
-            atomic_save(model.state_dict(), out_dir / "best.safetensors")
         else:
             state["bad_epochs"] += 1
-        atomic_save({**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)}, last)
-        atomic_json(state, out_dir / "last.json")
-        tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
-        os.replace(tmp, logfile)
+        if dist.is_main():
+            if improved:
+                atomic_save(model.state_dict(), out_dir / "best.safetensors")
+            atomic_save({**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)}, last)
+            atomic_json(state, out_dir / "last.json")
+            tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
+            os.replace(tmp, logfile)
+        dist.barrier()  # the other ranks read nothing before rank 0 has written it
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
                  record["train_loss"], metrics["score"], " *" if improved else "", train_s)
 
@@ -190,6 +214,9 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_score": state["best"], "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
                "history": state["history"]}
-    atomic_json(summary, done)
-    last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
+    dist.barrier()
+    if dist.is_main():
+        atomic_json(summary, done)
+        last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
+    dist.barrier()
     return summary

@@ -47,3 +47,19 @@ def test_bad_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+def test_a_run_saved_before_new_options_still_resumes(tmp_path):
+    import json
+
+    from gmptl.config import load_config
+    from gmptl.cv import claim_run_dir
+    from gmptl.errors import ConfigError
+
+    cfg = load_config(None, ["train.lr=3e-4"])
+    old = cfg.to_dict()
+    del old["train"]["checkpointing"]  # as written by a gmptl without that option
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    claim_run_dir(cfg, tmp_path)  # same settings: resumes
+    with pytest.raises(ConfigError, match="another config"):
+        claim_run_dir(load_config(None, ["train.lr=1e-3"]), tmp_path)

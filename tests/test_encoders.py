@@ -207,3 +207,25 @@ def test_builtin_cache_is_lossless_and_checked(tmp_path, monkeypatch):
     assert torch.equal(rebuilt["layer_norm.weight"], direct["layer_norm.weight"])
     with safe_open(str(cache), "pt") as f:
         assert f.metadata()["source_sha256"] == BUILTIN_SHA256
+
+
+@pytest.mark.parametrize("variant", ["hubert", "wavlm", "whisper"])
+def test_gradient_checkpointing_gives_the_same_gradients(variant):
+    enc = tiny(variant)
+    enc.train()
+    for m in enc.modules():  # dropout off: the two passes must see the same network
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "dropout", None), float):  # attention dropout is a plain attribute
+            m.dropout = 0.0
+    waves, lengths = padded_batch([6400, 4800])
+    grads = []
+    for on in (False, True):
+        enc.zero_grad()
+        enc.checkpointing = on
+        out = enc(waves, lengths).hidden_states
+        sum(h.pow(2).mean() for h in out).backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

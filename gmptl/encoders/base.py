@@ -33,6 +33,7 @@ class SpeechEncoder(nn.Module):
 
     sample_rate = 16000
     frame_rate = 50.0  # frames per second: 20 ms for every family supported here
+    checkpointing = False  # recompute each transformer layer in the backward pass (less memory, more time)
     hidden_size: int
     num_layers: int
     name: str
@@ -53,6 +54,13 @@ class SpeechEncoder(nn.Module):
                 ``frame_lengths(lengths).max()``.
         """
         raise NotImplementedError
+
+    def run_layer(self, layer: nn.Module, *args, **kwargs):
+        """``layer(*args, **kwargs)``, through gradient checkpointing when it is on and gradients are needed."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            return checkpoint(layer, *args, use_reentrant=False, **kwargs)
+        return layer(*args, **kwargs)
 
     def freeze_frontend(self, frozen: bool = True) -> None:
         """Stop (or restart) training the convolutional front-end."""

@@ -156,7 +156,7 @@ def builtin_encoder():
     if file_digest(path) != BUILTIN_SHA256:
         raise EncoderError(f"{path}: sha256 differs from the expected {BUILTIN_SHA256[:12]}…; "
                            "the file is corrupt or another model")
-    variables = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in read_variables(path).items()}
+    variables = {k: torch.from_numpy(a.copy()) for k, a in read_variables(path).items()}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")

@@ -100,9 +100,10 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
             if is_wavlm:
                 with warnings.catch_warnings():  # torch's notice on WavLM's mixed mask types
                     warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask")
-                    x, position_bias = layer(x, attention_mask=mask, position_bias=position_bias, index=i)[:2]
+                    x, position_bias = self.run_layer(layer, x, attention_mask=mask, position_bias=position_bias,
+                                                      index=i)[:2]
             else:
-                x = layer(x, attention_mask=mask)
+                x = self.run_layer(layer, x, attention_mask=mask)
                 x = x[0] if isinstance(x, tuple) else x
             hidden.append(x)
         if self.stable_layer_norm:

@@ -1,0 +1,298 @@
+"""gmptl benchmarks: every figure a ratio (or a rate) measured side by side in one run.
+
+    python bench/run.py --ravdess ../shared/data/ravdess [--only NAME,...] [--out bench/results.json]
+
+Results are merged into ``--out`` as they arrive (an interrupted run keeps what
+it measured; rerun with ``--only`` for the rest), each with the command, commit,
+machine and date. See bench/README.md for what each figure means.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gmptl.audio import load_audio  # noqa: E402
+from gmptl.corpora import load_corpus  # noqa: E402
+from gmptl.cv import provenance  # noqa: E402
+from gmptl.data import AudioSet, bucket_batches, padding_fraction  # noqa: E402
+from gmptl.encoders import build_encoder  # noqa: E402
+from gmptl.model import UtteranceClassifier  # noqa: E402
+from gmptl.modeldir import save_model_dir  # noqa: E402
+from gmptl.train import atomic_save  # noqa: E402
+
+LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Best wall time of ``repeat`` calls (after the first, which warms caches)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def model_dir(encoder_spec: str, out: Path) -> Path:
+    """A model directory around ``encoder_spec`` with a fresh head (speed does not depend on training)."""
+    torch.manual_seed(0)
+    model = UtteranceClassifier(build_encoder(encoder_spec), len(LABELS), -1, gender=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save(model.state_dict(), out / "weights.safetensors")
+    return save_model_dir(out / "model", model, LABELS, out / "weights.safetensors", {"config": {}})
+
+
+def clips(ravdess: Path, n: int, seconds: float = 4.0) -> list[np.ndarray]:
+    """``n`` RAVDESS utterances cut or zero-padded to ``seconds``."""
+    files = sorted(ravdess.glob("Actor_*/*.flac"))[:: max(1, 1440 // n)][:n]
+    size = int(seconds * 16000)
+    return [np.pad(w[:size], (0, max(0, size - len(w)))) for w in map(load_audio, files)]
+
+
+def hf_pipeline(model, feature_extractor):
+    from transformers import pipeline
+
+    return pipeline("audio-classification", model=model, feature_extractor=feature_extractor, device=-1)
+
+
+def bench_predict_vs_hf_whisper(args, work: Path) -> dict:
+    """gmptl on 4 s clips vs transformers' audio-classification pipeline, the same Whisper tiny.en encoder."""
+    import gmptl
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    rec = gmptl.load(model_dir("whisper-tiny.en", work / "whisper"))
+    encoder = build_encoder("whisper-tiny.en").model
+    config = WhisperConfig(**{**encoder.config.to_dict(), "num_labels": len(LABELS)})
+    hf = WhisperForAudioClassification(config).eval()
+    hf.encoder.load_state_dict(encoder.state_dict())
+    pipe = hf_pipeline(hf, WhisperFeatureExtractor(feature_size=config.num_mel_bins))
+    waves = clips(args.ravdess, args.clips)
+    ours = timed(lambda: rec.predict_waves(waves, batch_size=16))
+    theirs = timed(lambda: pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=16))
+    return {"clips": len(waves), "seconds_each": 4.0, "gmptl_s": round(ours, 3), "hf_pipeline_s": round(theirs, 3),
+            "ratio": round(theirs / ours, 2), "target": ">= 5"}
+
+
+def bench_predict_vs_hf_hubert(args, work: Path) -> dict:
+    """The HuBERT-base architecture (random weights) in gmptl vs transformers' pipeline."""
+    import gmptl
+    from transformers import HubertConfig, HubertForSequenceClassification, Wav2Vec2FeatureExtractor
+
+    rec = gmptl.load(model_dir("random:hubert-base", work / "hubert"))
+    hf = HubertForSequenceClassification(HubertConfig(num_labels=len(LABELS))).eval()
+    pipe = hf_pipeline(hf, Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=False))
+    waves = clips(args.ravdess, args.clips)
+    ours = timed(lambda: rec.predict_waves(waves, batch_size=16))
+    theirs = timed(lambda: pipe([{"raw": w, "sampling_rate": 16000} for w in waves], batch_size=16))
+    return {"clips": len(waves), "gmptl_s": round(ours, 3), "hf_pipeline_s": round(theirs, 3),
+            "ratio": round(theirs / ours, 2), "target": ">= 1.0",
+            "note": "gmptl runs its BiLSTM + LinearP head, the pipeline a mean-pool + linear head"}
+
+
+def bench_realtime_x(args, work: Path) -> dict:
+    """gmptl predict throughput, decoding included: seconds of audio per second of wall time."""
+    import gmptl
+    from gmptl.export import export_onnx
+
+    model = model_dir("whisper-tiny.en", work / "whisper")
+    export_onnx(model, model / "model.onnx")
+    files = sorted(args.ravdess.glob("Actor_*/*.flac"))[:: max(1, 1440 // (4 * args.clips))]
+    out = {"files": len(files), "threads": torch.get_num_threads(), "target": ">= 100"}
+    for backend in ("torch", "onnx"):
+        rec = gmptl.load(model, backend=backend)
+
+        def run():
+            waves = [load_audio(f) for f in files]
+            rec.predict_waves(waves, batch_size=16)
+            return sum(len(w) for w in waves) / 16000
+
+        audio = run()
+        seconds = timed(run)
+        out[backend] = {"audio_s": round(audio, 1), "wall_s": round(seconds, 2), "realtime_x": round(audio / seconds, 1)}
+    out["realtime_x"] = max(out["torch"]["realtime_x"], out["onnx"]["realtime_x"])
+    return out
+
+
+def ravdess_frames(args, work: Path) -> np.ndarray:
+    """Layer -3 of the pretrained Whisper tiny.en for every RAVDESS utterance (float16 memmap, cached)."""
+    from gmptl.pseudo_labels import dump_features
+
+    path = work / "frames" / "train.features.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        corpus = load_corpus("ravdess", args.ravdess)
+        data = AudioSet(corpus.utterances, corpus.labels, "ravdess")
+        dump_features(build_encoder("whisper-tiny.en"), data, -3, path.parent, "train")
+    return np.load(path, mmap_mode="r")
+
+
+def bench_kmeans_vs_sklearn(args, work: Path) -> dict:
+    """faiss (as gmptl runs it) vs scikit-learn MiniBatchKMeans on the same real frames: time and inertia."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    from gmptl.pseudo_labels import assign, fit_kmeans
+
+    frames = np.ascontiguousarray(ravdess_frames(args, work), dtype=np.float32)
+    out = {"frames": int(len(frames)), "dims": int(frames.shape[1])}
+    for k in args.scales:
+        start = time.perf_counter()
+        ours = fit_kmeans(frames, k, max_frames=len(frames), iterations=25, seed=0, backend="faiss")
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        sk = MiniBatchKMeans(k, random_state=0, n_init=1, batch_size=4096).fit(frames)
+        sk_s = time.perf_counter() - start
+        _, ours_inertia = assign(frames, ours)
+        _, sk_inertia = assign(frames, sk.cluster_centers_.astype(np.float32))
+        out[str(k)] = {"speed": round(sk_s / ours_s, 2), "inertia": round(ours_inertia / sk_inertia, 4),
+                       "faiss_s": round(ours_s, 1), "sklearn_s": round(sk_s, 1)}
+        print(f"  k={k}: {out[str(k)]}", flush=True)
+    out["target"] = "speed >= 2 and inertia <= 1.0 at every k"
+    return out
+
+
+def train_steps(args, data: AudioSet, groups: list[np.ndarray], stage: str, steps: int) -> float:
+    """Training throughput (audio seconds per second) of ``steps`` optimizer steps of one stage."""
+    from gmptl import losses
+    from gmptl.data import make_batch
+    from gmptl.masking import span_mask
+    from gmptl.model import MaskedPredictor
+
+    torch.manual_seed(0)
+    encoder = build_encoder("whisper-tiny.en")
+    encoder.freeze_frontend(True)
+    if stage == "stage2":
+        model = MaskedPredictor(encoder, [64, 512, 4096])
+    else:
+        model = UtteranceClassifier(encoder, len(LABELS), -1, gender=stage == "stage1",
+                                    classifier="amsoftmax" if stage == "stage3" else "linear")
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    rng = np.random.default_rng(0)
+    audio, start = 0.0, time.perf_counter()
+    for idx in groups[:steps]:
+        batch = make_batch(data, idx, 4 * 16000, rng)
+        if stage == "stage2":
+            frames = encoder.frame_lengths(batch.lengths)
+            mask = span_mask(frames, 0.8, 10, rng=rng)
+            targets = [torch.randint(0, k, mask.shape) for k in (64, 512, 4096)]
+            logits, _ = model(batch.waves, batch.lengths, mask)
+            loss = losses.masked_prediction_loss(logits, targets, mask, mask | True, 0.0)
+        else:
+            out = model(batch.waves, batch.lengths)
+            loss = (losses.multitask_loss(out["emotion"], out["gender"], batch.emotion, batch.gender, 0.9)
+                    if stage == "stage1" else losses.am_softmax_loss(out["emotion"], batch.emotion, 30, 0.2))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        audio += float(batch.lengths.sum()) / 16000
+    return audio / (time.perf_counter() - start)
+
+
+def ravdess_set(args, n: int) -> AudioSet:
+    corpus = load_corpus("ravdess", args.ravdess)
+    return AudioSet(corpus.utterances[:: max(1, len(corpus.utterances) // n)][:n], corpus.labels, "bench")
+
+
+def bench_padding_fraction(args, work: Path) -> dict:
+    """Padded share of training batches: length buckets vs random batches, and training throughput of each."""
+    data = ravdess_set(args, 1440)
+    crop = np.minimum(data.lengths, 4 * 16000)
+    rng = np.random.default_rng(0)
+    buckets = bucket_batches(crop, 16, rng)
+    shuffled = rng.permutation(len(crop))
+    random_groups = [shuffled[i:i + 16] for i in range(0, len(shuffled), 16)]
+    steps = args.train_steps
+    return {"micro_batch": 16, "bucketed": round(padding_fraction(crop, buckets), 4),
+            "random": round(padding_fraction(crop, random_groups), 4), "target": "bucketed <= 0.10",
+            "train_audio_s_per_s": {"bucketed": round(train_steps(args, data, buckets, "stage1", steps), 1),
+                                    "random": round(train_steps(args, data, random_groups, "stage1", steps), 1)}}
+
+
+def bench_train_audio_s_per_s(args, work: Path) -> dict:
+    """Training throughput of each stage on this machine (Whisper tiny.en, micro-batches of 16, 4 s crops)."""
+    data = ravdess_set(args, 16 * args.train_steps)
+    groups = bucket_batches(np.minimum(data.lengths, 4 * 16000), 16, np.random.default_rng(0))
+    return {stage: round(train_steps(args, data, groups, stage, args.train_steps), 1)
+            for stage in ("stage1", "stage2", "stage3")}
+
+
+def bench_long_audio(args, work: Path) -> dict:
+    """An hour-long recording through `gmptl predict --timeline`: peak memory and seconds per audio hour."""
+    path = work / "hour.flac"
+    if not path.exists():
+        pieces = [load_audio(f) for f in sorted(args.ravdess.glob("Actor_0[12]/*.flac"))]
+        with sf.SoundFile(path, "w", 16000, 1, format="FLAC") as f:  # written block by block
+            written, i = 0, 0
+            while written < 3600 * 16000:
+                w = pieces[i % len(pieces)][: 3600 * 16000 - written]
+                f.write(w)
+                written, i = written + len(w), i + 1
+    model = model_dir("whisper-tiny.en", work / "whisper")
+    cmd = [sys.executable, "-m", "gmptl", "predict", str(model), str(path), "--timeline", "--window", "2",
+           "--hop", "1", "--out", str(work / "hour.csv")]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"audio_h": 1.0, "window_s": 2, "hop_s": 1, "s_per_audio_h": round(seconds, 1),
+            "peak_rss_gb": round(peak_kb / 2**20, 3), "target": "peak_rss_gb <= 1.5"}
+
+
+def bench_ddp_gloo_matches(args, work: Path) -> dict:
+    """2 gloo processes vs 1 on a generated corpus: the test in tests/test_ddp.py."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_ddp.py"], cwd=REPO,
+                          capture_output=True, text=True)
+    return {"matches": done.returncode == 0, "detail": done.stdout.strip().splitlines()[-1]}
+
+
+BENCHES = {name[len("bench_"):]: fn for name, fn in globals().items() if name.startswith("bench_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ravdess", type=Path, default=REPO.parent / "shared" / "data" / "ravdess")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--clips", type=int, default=64, help="clips for the predict benchmarks")
+    parser.add_argument("--train-steps", type=int, default=8, help="micro-batches per training measurement")
+    parser.add_argument("--scales", type=lambda s: [int(k) for k in s.split(",")], default=[64, 512, 4096])
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not args.ravdess.is_dir():
+        sys.exit(f"bench: {args.ravdess}: no RAVDESS directory (--ravdess DIR)")
+    names = args.only.split(",") if args.only else list(BENCHES)
+    if bad := [n for n in names if n not in BENCHES]:
+        sys.exit(f"bench: unknown {', '.join(bad)} (known: {', '.join(BENCHES)})")
+    work = args.work or Path(tempfile.mkdtemp(prefix="gmptl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in names:
+        print(f"{name} ...", flush=True)
+        start = time.perf_counter()
+        figure = BENCHES[name](args, work)
+        figure.update(wall_s=round(time.perf_counter() - start, 1),
+                      command=" ".join(["python", "bench/run.py", *sys.argv[1:]]), **provenance())
+        results[name] = figure
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(args.out)
+        print(f"{name}: {json.dumps({k: v for k, v in figure.items() if k not in ('command', 'python')})}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

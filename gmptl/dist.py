@@ -1,0 +1,65 @@
+"""Several processes, one run: ``torchrun --nproc_per_node N -m gmptl cv ...``.
+
+Under torchrun (``WORLD_SIZE`` > 1) every rank builds the same model and the same
+epoch plan; each rank runs its share of every optimizer step's micro-batches, the
+gradients are summed across ranks before the step (so the update is the one a
+single process makes with the same effective batch), evaluation batches are split
+across ranks and their scores summed, and only rank 0 writes files. nccl on CUDA,
+gloo on the CPU. Without torchrun every function here is a no-op.
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> None:
+    """Join the process group torchrun describes (once); nothing when run alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over ranks, in place (on the CPU with gloo, the device with nccl)."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Add every rank's gradients, one flat buffer (a rank without micro-batches adds zeros)."""
+    if not active():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
