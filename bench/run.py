@@ -10,7 +10,6 @@ machine and date. See bench/README.md for what each figure means.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -250,9 +249,11 @@ def bench_long_audio(args, work: Path) -> dict:
                 f.write(w)
                 written, i = written + len(w), i + 1
     model = model_dir("whisper-tiny.en", work / "whisper")
-    # The command runs in a fresh process that reports its own peak resident memory.
-    peak = ("import resource, sys; from gmptl.__main__ import main; code = main(sys.argv[1:]); "
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    # The command runs in a fresh process that reports its own peak resident memory: VmHWM, since
+    # Linux's ru_maxrss of a forked-then-exec'd child starts from the (large) parent's peak.
+    peak = ("import sys; from gmptl.__main__ import main; code = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print('PEAK_KB', hwm, file=sys.stderr)")
     cmd = [sys.executable, "-c", peak, "predict", str(model), str(path), "--timeline", "--window", "2",
            "--hop", "1", "--out", str(work / "hour.csv")]
     start = time.perf_counter()
