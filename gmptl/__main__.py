@@ -175,7 +175,7 @@ def cmd_predict(args) -> int:
                 windows.append(w)
                 bar.update(round(min(w.end, seconds) - bar.n, 1))
         track = None
-        if (args.plot or args.track) and recognizer.pseudo is not None:
+        if (args.plot or args.track) and recognizer.has_pseudo_labels:
             track = list(recognizer.pseudo_track(files[0]))
         elif args.track:
             raise GmptlError(f"--track: {args.model} has no pseudo-label encoder and centroids (a GMP-TL model "

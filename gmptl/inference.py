@@ -86,9 +86,22 @@ class Recognizer:
     """
 
     def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict,
-                 pseudo: PseudoLabeler | None = None):
+                 pseudo_loader=None):
         self.labels, self.sample_rate, self.max_samples = list(labels), sample_rate, max_samples
-        self.has_gender, self.score, self.meta, self.pseudo = has_gender, score, meta, pseudo
+        self.has_gender, self.score, self.meta = has_gender, score, meta
+        self._pseudo_loader, self._pseudo = pseudo_loader, None
+
+    @property
+    def pseudo(self) -> PseudoLabeler | None:
+        """The frame labeller of a GMP-TL model (loaded on first use: it is a second encoder), else None."""
+        if self._pseudo is None and self._pseudo_loader is not None:
+            self._pseudo = self._pseudo_loader()
+            self._pseudo_loader = None
+        return self._pseudo
+
+    @property
+    def has_pseudo_labels(self) -> bool:
+        return self._pseudo is not None or self._pseudo_loader is not None
 
     @classmethod
     def from_model_dir(cls, model_dir) -> "Recognizer":
@@ -105,12 +118,12 @@ class Recognizer:
 
         # Whisper encoders take 30 s at most; longer input is scored in 30 s pieces.
         max_samples = int(getattr(model.encoder, "max_samples", 30 * meta["sample_rate"]))
-        pseudo = None
-        encoder = load_pseudo_encoder(model_dir, meta)
-        if encoder is not None:
-            centroids = {int(name[2:]): c for name, c in load_centroids(model_dir).items()}
-            pseudo = PseudoLabeler(encoder, meta["pseudo_labels"]["layer"], centroids)
-        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta, pseudo)
+        loader = None
+        if meta.get("pseudo_labels") and (Path(model_dir) / "pseudo_encoder.safetensors").is_file():
+            def loader() -> PseudoLabeler:
+                centroids = {int(name[2:]): c for name, c in load_centroids(model_dir).items()}
+                return PseudoLabeler(load_pseudo_encoder(model_dir, meta), meta["pseudo_labels"]["layer"], centroids)
+        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta, loader)
 
     @classmethod
     def from_onnx(cls, path) -> "Recognizer":
