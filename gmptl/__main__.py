@@ -334,6 +334,10 @@ def main(argv=None) -> int:
     from . import dist
 
     dist.init()  # under torchrun: join the process group; alone: nothing
+    if args.command in ("cv", "train", "reproduce"):
+        from .cv import code_version
+
+        code_version()  # pinned now: results record the code this run started with
     if not dist.is_main():
         sys.stdout = open(os.devnull, "w")  # one table, from rank 0
     level = logging.DEBUG if args.verbose else logging.INFO if dist.is_main() else logging.WARNING
