@@ -84,12 +84,26 @@ def kmeans_backend(name: str = "auto") -> str:
         return "torch"
 
 
+def kmeans_plus_plus(data: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur and Vassilvitskii 2007): each next centre drawn with
+    probability proportional to its squared distance to the nearest centre so far."""
+    c = torch.empty(k, data.shape[1], device=data.device)
+    c[0] = data[torch.randint(len(data), (1,), generator=g, device=data.device)]
+    closest = ((data - c[0]) ** 2).sum(1)
+    for i in range(1, k):
+        c[i] = data[torch.multinomial(closest + 1e-12, 1, generator=g)[0]]
+        closest = torch.minimum(closest, ((data - c[i]) ** 2).sum(1))
+    return c
+
+
 def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, seed: int,
-               backend: str = "auto", device: torch.device | str = "cpu") -> np.ndarray:
+               backend: str = "auto", device: torch.device | str = "cpu", init: str = "random") -> np.ndarray:
     """k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids.
 
     ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's
-    algorithm on ``device``, for GPUs where faiss has no GPU build).
+    algorithm on ``device``, for GPUs where faiss has no GPU build). With faiss,
+    ``init`` is ``random`` (faiss's own: k distinct frames) or ``kmeans++`` (seeded on
+    max(10k, 20 k) of the frames); the torch backend always starts from k-means++.
     """
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(features), size=min(max_frames, len(features)), replace=False))
@@ -104,7 +118,11 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
                       max_points_per_centroid=max(len(x) // k + 1, 256))
-    km.train(x)
+    start = None
+    if init == "kmeans++":
+        seeds = x[np.sort(rng.choice(len(x), size=min(len(x), max(10_000, 20 * k)), replace=False))]
+        start = kmeans_plus_plus(torch.from_numpy(seeds), k, torch.Generator().manual_seed(seed)).numpy()
+    km.train(x, init_centroids=start)
     return km.centroids.astype(np.float32)
 
 
@@ -124,14 +142,7 @@ def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device="cpu"
     centroid (each empty cluster a different one), so none is returned empty.
     """
     data = torch.from_numpy(x).to(device)
-    g = torch.Generator(device=data.device).manual_seed(seed)
-    c = torch.empty(k, data.shape[1], device=data.device)
-    c[0] = data[torch.randint(len(data), (1,), generator=g, device=data.device)]
-    closest = ((data - c[0]) ** 2).sum(1)
-    for i in range(1, k):  # each next centre drawn with probability proportional to D^2
-        pick = torch.multinomial(closest + 1e-12, 1, generator=g)
-        c[i] = data[pick[0]]
-        closest = torch.minimum(closest, ((data - c[i]) ** 2).sum(1))
+    c = kmeans_plus_plus(data, k, torch.Generator(device=data.device).manual_seed(seed))
     for _ in range(iterations):
         c_sq = (c * c).sum(1)
         best = torch.empty(len(data), device=device)

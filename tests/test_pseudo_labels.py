@@ -79,3 +79,22 @@ def test_torch_kmeans_refills_empty_clusters():
     c = torch_kmeans(x, 4, iterations=10, seed=1)
     labels, _ = assign(x, c)
     assert len(np.unique(labels)) == 4
+
+
+def test_kmeans_plus_plus_seeds_and_faiss_refines_them():
+    import torch
+
+    from gmptl.pseudo_labels import kmeans_plus_plus
+
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((16, 8)) * 5
+    x = (centres[rng.integers(0, 16, 8000)] + rng.standard_normal((8000, 8))).astype(np.float32)
+    seeded, drawn = [], []
+    for seed in range(5):  # D^2 seeding beats k random points on average (Arthur and Vassilvitskii 2007)
+        seeded.append(assign(x, kmeans_plus_plus(torch.from_numpy(x), 16, torch.Generator().manual_seed(seed)).numpy())[1])
+        drawn.append(assign(x, x[np.random.default_rng(seed).choice(len(x), 16, replace=False)])[1])
+    assert np.mean(seeded) < np.mean(drawn)
+    c = fit_kmeans(x, 16, max_frames=8000, iterations=3, seed=0, backend="faiss", init="kmeans++")
+    labels, inertia = assign(x, c)
+    assert len(np.unique(labels)) == 16 and inertia < seeded[0]  # Lloyd passes improve on the seeds
