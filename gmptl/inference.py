@@ -192,18 +192,26 @@ class Recognizer:
         result.path = str(path)
         return result
 
-    def timeline(self, path, window: float = 2.0, hop: float = 0.5, batch_size: int = 16) -> Iterator[Window]:
-        """Emotion over time of a recording of any length, decoded as a stream.
-
-        Memory holds one window plus one decoded block whatever the file's length.
-        The last window is shortened to end with the recording.
-        """
-        if not 0 < hop <= window:
-            raise ValueError(f"need 0 < hop <= window, got hop {hop} s and window {window} s")
-        size, step = int(window * self.sample_rate), int(hop * self.sample_rate)
+    def windows(self, path, size: int, step: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, samples) of every ``size``-sample window, ``step`` apart, over a recording
+        decoded as a stream: memory holds one window plus one decoded block whatever the file's
+        length. The last window is shortened to end with the recording."""
         buffer = np.zeros(0, dtype=np.float32)
         offset = 0  # sample index of buffer[0] in the recording
         covered = 0  # end of the last window
+        for chunk in stream_audio(path, self.sample_rate, block_seconds=max(size / self.sample_rate, 10.0)):
+            buffer = np.concatenate([buffer, chunk])
+            while len(buffer) >= size:
+                yield offset, buffer[:size].copy()
+                covered = offset + size
+                buffer, offset = buffer[step:], offset + step
+        if len(buffer) >= 400 and offset + len(buffer) > covered:  # the tail not yet covered by a window
+            yield offset, buffer.copy()
+
+    def timeline(self, path, window: float = 2.0, hop: float = 0.5, batch_size: int = 16) -> Iterator[Window]:
+        """Emotion over time of a recording of any length, decoded as a stream (see ``windows``)."""
+        if not 0 < hop <= window:
+            raise ValueError(f"need 0 < hop <= window, got hop {hop} s and window {window} s")
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush():
@@ -213,19 +221,12 @@ class Recognizer:
                              self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())))
             pending.clear()
 
-        for chunk in stream_audio(path, self.sample_rate, block_seconds=max(window, 10.0)):
-            buffer = np.concatenate([buffer, chunk])
-            while len(buffer) >= size:
-                pending.append((offset, buffer[:size].copy()))
-                covered = offset + size
-                buffer, offset = buffer[step:], offset + step
-                if len(pending) == batch_size:
-                    yield from flush()
-        if len(buffer) >= 400 and offset + len(buffer) > covered:  # the tail not yet covered by a window
-            pending.append((offset, buffer.copy()))
+        for piece in self.windows(path, int(window * self.sample_rate), int(hop * self.sample_rate)):
+            pending.append(piece)
+            if len(pending) == batch_size:
+                yield from flush()
         if pending:
             yield from flush()
-
 
     def pseudo_track(self, path, chunk: float = 10.0) -> Iterator[PseudoLabels]:
         """Frame-level pseudo-labels of a recording of any length, streamed in ``chunk``-second pieces.
@@ -239,14 +240,8 @@ class Recognizer:
                              "version have them; ONNX exports do not)")
         hop = self.sample_rate // 50  # 20 ms frames
         size = max(hop, int(chunk * self.sample_rate) // hop * hop)
-        buffer, offset = np.zeros(0, dtype=np.float32), 0
-        for block in stream_audio(path, self.sample_rate, block_seconds=max(chunk, 10.0)):
-            buffer = np.concatenate([buffer, block])
-            while len(buffer) >= size:
-                yield PseudoLabels(offset / self.sample_rate, hop / self.sample_rate, self.pseudo(buffer[:size]))
-                buffer, offset = buffer[size:], offset + size
-        if len(buffer) >= 400:
-            yield PseudoLabels(offset / self.sample_rate, hop / self.sample_rate, self.pseudo(buffer))
+        for start, wave in self.windows(path, size, size):
+            yield PseudoLabels(start / self.sample_rate, hop / self.sample_rate, self.pseudo(wave))
 
 
 def load(model, backend: str = "torch") -> Recognizer:
