@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from gmptl.audio import load_audio  # noqa: E402
 from gmptl.corpora import load_corpus  # noqa: E402
-from gmptl.cv import provenance  # noqa: E402
+from gmptl.provenance import provenance  # noqa: E402
 from gmptl.data import AudioSet, bucket_batches, padding_fraction  # noqa: E402
 from gmptl.encoders import build_encoder  # noqa: E402
 from gmptl.model import UtteranceClassifier  # noqa: E402

@@ -335,7 +335,7 @@ def main(argv=None) -> int:
 
     dist.init()  # under torchrun: join the process group; alone: nothing
     if args.command in ("cv", "train", "reproduce"):
-        from .cv import code_version
+        from .provenance import code_version
 
         code_version()  # pinned now: results record the code this run started with
     if not dist.is_main():

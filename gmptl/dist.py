@@ -45,10 +45,12 @@ def barrier() -> None:
 
 
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over ranks, in place (on the CPU with gloo, the device with nccl)."""
-    if active():
-        dist.all_reduce(tensor)
-    return tensor
+    """``tensor`` summed over ranks, on the device it came on (nccl reduces on this rank's GPU)."""
+    if not active():
+        return tensor
+    work = tensor.cuda() if dist.get_backend() == "nccl" and not tensor.is_cuda else tensor
+    dist.all_reduce(work)
+    return work.to(tensor.device)
 
 
 def sum_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -24,16 +24,11 @@ from .errors import ConfigError
 from .masking import span_mask
 from .metrics import scores
 from .model import MaskedPredictor, UtteranceClassifier
+from .provenance import provenance
 from .pseudo_labels import build_pseudo_labels, load_labels
 from .train import Stage, atomic_json, fit, model_device, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def provenance() -> dict:
-    from .cv import provenance as where  # cv imports this module
-
-    return where()
 
 
 def new_encoder(cfg: Config):
@@ -60,7 +55,7 @@ def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batc
         if i % dist.world() == dist.rank():
             b = batch.to(device)
             out[batch.index] = model(b.waves, b.lengths)["emotion"].float().cpu()
-    return dist.sum_(out.to(device) if dist.active() and device.type == "cuda" else out).cpu().numpy()
+    return dist.sum_(out).numpy()
 
 
 def classification_eval(data: AudioSet, max_seconds: float):
@@ -174,8 +169,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
                 rng = np.random.default_rng([cfg.train.seed, 2, i])  # the same masks at every epoch
                 total += stage2_batch_loss(m, batch.to(device), valid_labels, cfg, rng).item() * len(batch.index)
                 n += len(batch.index)
-        total, n = dist.sum_(torch.tensor([total, float(n)], dtype=torch.float64,
-                                          device=device if dist.active() and device.type == "cuda" else "cpu")).tolist()
+        total, n = dist.sum_(torch.tensor([total, float(n)], dtype=torch.float64)).tolist()
         return {"score": -total / max(n, 1), "loss": total / max(n, 1)}
 
     stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
@@ -209,7 +203,8 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out
     """The frozen-encoder baseline: no fine-tuning, the layer chosen on validation speakers."""
     from .baselines import probe
 
-    found = probe(new_encoder(cfg).to(resolve_device(cfg.train.device)), train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
+    encoder = new_encoder(cfg).to(resolve_device(cfg.train.device))
+    found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances}),
               **write_predictions(test, found["probabilities"], out),
               "probe": {"layer": found["layer"], "valid_uar_per_layer": found["valid_uar_per_layer"]},

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .corpora import load_corpus
-from .cv import claim_run_dir, plot_confusion, provenance, summarize_folds
+from .cv import claim_run_dir, plot_confusion, summarize_folds
 from .errors import ConfigError
 from .pipeline import run_fold
+from .provenance import provenance
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints."""
 
+import contextlib
 import json
 import logging
-import contextlib
 import math
 import os
 import time
@@ -179,8 +179,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
-        total, seen = dist.sum_(torch.tensor([total, float(seen)], dtype=torch.float64,
-                                             device=device if dist.active() and device.type == "cuda" else "cpu")).tolist()
+        total, seen = dist.sum_(torch.tensor([total, float(seen)], dtype=torch.float64)).tolist()
         train_s = time.perf_counter() - start
         model.eval()
         with torch.no_grad(), autocast(device, cfg.precision):

