@@ -54,6 +54,7 @@ class PseudoLabelConfig:
     scales: list[int] = field(default_factory=lambda: [64, 512, 4096])
     max_frames: int = 300_000          # k-means training subsample per scale (seeded), ours
     iterations: int = 25               # k-means iterations, ours
+    kmeans: str = "full"               # full (`iterations` passes) | fast (~3 passes; pseudo_labels.schedule)
     backend: str = "auto"              # auto (faiss if installed, else torch) | faiss | torch (runs on train.device)
 
 
@@ -120,6 +121,7 @@ class Config:
             (self.train.device == "auto" or self.train.device == "cpu" or self.train.device.startswith("cuda"),
              "train.device must be auto, cpu, cuda or cuda:N"),
             (self.pseudo.backend in ("auto", "faiss", "torch"), "pseudo.backend must be auto, faiss or torch"),
+            (self.pseudo.kmeans in ("full", "fast"), "pseudo.kmeans must be full or fast"),
         ]
         for ok, message in checks:
             if not ok:

@@ -103,6 +103,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
+ADDED = [("pseudo", "kmeans", "full")]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -120,6 +121,9 @@ def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "")
     c["data"].pop("root")
     for how in ("device", "checkpointing"):  # how a step runs, not what it computes
         c["train"].pop(how)
+    for section, name, default in ADDED:  # options added later leave older digests alone at their default
+        if c[section][name] == default:
+            c[section].pop(name)
     common = {"key": key, "data": c["data"], "encoder": c["encoder"], "head": c["head"], "train": c["train"]}
     stage1 = {**common, "stage1": c["stage1"]}
     pseudo = {**stage1, "pseudo": c["pseudo"]}
@@ -150,7 +154,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     p = cfg.pseudo
     stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, dirs["pseudo"], p.layer, p.scales,
                                            p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds,
-                                           backend=p.backend)
+                                           backend=p.backend, kmeans=p.kmeans)
     train_labels = load_labels(dirs["pseudo"], "train", p.scales)
     valid_labels = load_labels(dirs["pseudo"], "valid", p.scales)
 

@@ -84,44 +84,98 @@ def kmeans_backend(name: str = "auto") -> str:
         return "torch"
 
 
-def kmeans_plus_plus(data: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+def kmeans_plus_plus(data: torch.Tensor, k: int, g: torch.Generator, trials: int = 1) -> torch.Tensor:
     """k-means++ seeding (Arthur and Vassilvitskii 2007): each next centre drawn with
-    probability proportional to its squared distance to the nearest centre so far."""
+    probability proportional to its squared distance to the nearest centre so far.
+
+    With ``trials`` > 1, greedy k-means++ (as scikit-learn does with 2 + ln k): each
+    step draws that many candidates and keeps the one that lowers the potential most.
+    """
+    sq = (data * data).sum(1)
     c = torch.empty(k, data.shape[1], device=data.device)
-    c[0] = data[torch.randint(len(data), (1,), generator=g, device=data.device)]
-    closest = ((data - c[0]) ** 2).sum(1)
+    first = torch.randint(len(data), (1,), generator=g, device=data.device)
+    c[0] = data[first[0]]
+    closest = (sq - 2 * data @ c[0] + sq[first]).clamp(min=0)
     for i in range(1, k):
-        c[i] = data[torch.multinomial(closest + 1e-12, 1, generator=g)[0]]
-        closest = torch.minimum(closest, ((data - c[i]) ** 2).sum(1))
+        cand = torch.multinomial(closest + 1e-12, trials, replacement=True, generator=g)
+        dist = (sq[None] - 2 * data[cand] @ data.t() + sq[cand, None]).clamp(min=0)  # (trials, n)
+        dist = torch.minimum(closest[None], dist)
+        best = int(dist.sum(1).argmin())
+        c[i], closest = data[cand[best]], dist[best]
     return c
 
 
+def greedy_trials(k: int) -> int:
+    return 2 + int(np.log(k))
+
+
+def seed_centroids(x: np.ndarray, k: int, seed: int, device, trials: int = 1) -> np.ndarray:
+    data = torch.from_numpy(x).to(device)
+    return kmeans_plus_plus(data, k, torch.Generator(device=data.device).manual_seed(seed), trials).cpu().numpy()
+
+
+def schedule(name: str, k: int, iterations: int) -> dict:
+    """:func:`fit_kmeans` settings of a named schedule.
+
+    ``full`` (the default): ``iterations`` Lloyd passes over all the frames from k
+    random frames. ``fast``: about three passes' worth of work: a greedy k-means++
+    start (k <= 1024; above, its cost outgrows the rest), 10 passes over 64 frames per
+    centroid (6 over 32 above k = 1024), then one pass over all the frames.
+    ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
+    """
+    if name == "full":
+        return {"iterations": iterations}
+    if name == "fast":
+        small = k <= 1024
+        return {"iterations": 10 if small else 6, "points_per_centroid": 64 if small else 32, "refine": 1,
+                "init": "kmeans++" if small else "random"}
+    raise ValueError(f"unknown k-means schedule {name!r} (full or fast)")
+
+
 def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, seed: int,
-               backend: str = "auto", device: torch.device | str = "cpu", init: str = "random") -> np.ndarray:
+               backend: str = "auto", device: torch.device | str = "cpu", init: str = "random",
+               points_per_centroid: int = 0, refine: int = 0) -> np.ndarray:
     """k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids.
 
     ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's
-    algorithm on ``device``, for GPUs where faiss has no GPU build). With faiss,
-    ``init`` is ``random`` (faiss's own: k distinct frames) or ``kmeans++`` (seeded on
-    max(10k, 20 k) of the frames); the torch backend always starts from k-means++.
+    algorithm on ``device``, for GPUs where faiss has no GPU build). ``init`` is
+    ``random`` (faiss: k distinct frames; torch: plain k-means++ on all frames) or
+    ``kmeans++`` (greedy, on max(10k, 20 k) of the frames).
+
+    ``points_per_centroid`` > 0 runs the ``iterations`` on a seeded subsample of that
+    many frames per centroid, and ``refine`` adds full passes over all the frames after
+    them (see :func:`schedule`).
     """
     rng = np.random.default_rng(seed)
     take = np.sort(rng.choice(len(features), size=min(max_frames, len(features)), replace=False))
     x = np.ascontiguousarray(features[take], dtype=np.float32)
     if len(x) < k:
         raise ValueError(f"{len(x)} frames cannot make {k} clusters")
+    sample = x
+    if 0 < points_per_centroid * k < len(x):
+        sample = x[np.sort(rng.choice(len(x), size=points_per_centroid * k, replace=False))]
+    start = None
+    if init == "kmeans++":
+        seeds = sample[np.sort(rng.choice(len(sample), size=min(len(sample), max(10_000, 20 * k)), replace=False))]
+        start = seed_centroids(seeds, k, seed, device, greedy_trials(k))
+    elif kmeans_backend(backend) == "torch":
+        start = seed_centroids(sample, k, seed, device)
+    c = lloyd(sample, k, iterations, seed, backend, device, start)
+    if refine:
+        c = lloyd(x, k, refine, seed, backend, device, c)
+    return c
+
+
+def lloyd(x: np.ndarray, k: int, iterations: int, seed: int, backend: str, device, start: np.ndarray | None) -> np.ndarray:
+    """``iterations`` Lloyd passes over all of ``x`` from ``start`` (faiss: None = k random frames)."""
     if kmeans_backend(backend) == "torch":
-        return torch_kmeans(x, k, iterations, seed, device)
+        return torch_kmeans(x, k, iterations, start, device)
     import faiss
 
     # faiss subsamples again past max_points_per_centroid; ours is already the sample.
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
                       max_points_per_centroid=max(len(x) // k + 1, 256))
-    start = None
-    if init == "kmeans++":
-        seeds = x[np.sort(rng.choice(len(x), size=min(len(x), max(10_000, 20 * k)), replace=False))]
-        start = kmeans_plus_plus(torch.from_numpy(seeds), k, torch.Generator().manual_seed(seed)).numpy()
     km.train(x, init_centroids=start)
     return km.centroids.astype(np.float32)
 
@@ -134,15 +188,16 @@ def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch
 
 
 @torch.no_grad()
-def torch_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, device="cpu", chunk: int = 32768) -> np.ndarray:
-    """Lloyd's k-means from a k-means++ start (Arthur and Vassilvitskii 2007), seeded.
+def torch_kmeans(x: np.ndarray, k: int, iterations: int, start: np.ndarray, device="cpu",
+                 chunk: int = 32768) -> np.ndarray:
+    """Lloyd's k-means from ``start`` (a k-means++ seeding in :func:`fit_kmeans`).
 
     k-means++ avoids the poor local minima a random start can fall in on
     well-separated data. A cluster left empty takes the point farthest from its
     centroid (each empty cluster a different one), so none is returned empty.
     """
     data = torch.from_numpy(x).to(device)
-    c = kmeans_plus_plus(data, k, torch.Generator(device=data.device).manual_seed(seed))
+    c = torch.from_numpy(start).to(device)
     for _ in range(iterations):
         c_sq = (c * c).sum(1)
         best = torch.empty(len(data), device=device)
@@ -190,7 +245,7 @@ def quality(labels: np.ndarray, classes: np.ndarray, k: int) -> dict | None:
 
 def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path, layer: int, scales: list[int],
                         max_frames: int, iterations: int, seed: int, max_seconds: float = 30.0,
-                        backend: str = "auto") -> dict:
+                        backend: str = "auto", kmeans: str = "full") -> dict:
     """All steps for one fold; skipped when ``report.json`` is already there (resume).
 
     Under torchrun every rank dumps its share of the features; rank 0 fits and
@@ -214,7 +269,8 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
     train_feats = np.load(out_dir / "train.features.npy", mmap_mode="r")
     for k in scales:
         start = time.perf_counter()
-        centroids = fit_kmeans(train_feats, k, max_frames, iterations, seed, backend, device)
+        centroids = fit_kmeans(train_feats, k, max_frames, seed=seed, backend=backend, device=device,
+                               **schedule(kmeans, k, iterations))
         np.save(out_dir / f"km{k}.centroids.npy", centroids)
         entry = {"fit_s": round(time.perf_counter() - start, 2)}
         for name, data in splits.items():

@@ -63,3 +63,25 @@ def test_a_run_saved_before_new_options_still_resumes(tmp_path):
     claim_run_dir(cfg, tmp_path)  # same settings: resumes
     with pytest.raises(ConfigError, match="another config"):
         claim_run_dir(load_config(None, ["train.lr=1e-3"]), tmp_path)
+
+
+def test_step_digests_ignore_later_options_at_their_default(tmp_path):
+    """A step directory made before ``pseudo.kmeans`` existed is found again at its default;
+    ``fast`` makes new pseudo-label (and later) steps and leaves stage 1 shared."""
+    import hashlib
+    import json
+
+    from gmptl.pipeline import step_dirs
+
+    dirs = step_dirs(load_config(), tmp_path, shared=tmp_path, key="fold1")
+    old = load_config().to_dict()
+    del old["pseudo"]["kmeans"]  # the config as it was before the option
+    old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
+    common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
+    before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    assert dirs["pseudo"].name == f"pseudo-{digest}"
+    fast = step_dirs(load_config(None, ["pseudo.kmeans=fast"]), tmp_path, shared=tmp_path, key="fold1")
+    assert fast["stage1"] == dirs["stage1"] and fast["pseudo"] != dirs["pseudo"] and fast["stage3"] != dirs["stage3"]
+    with pytest.raises(ConfigError, match="pseudo.kmeans must be"):
+        load_config(None, ["pseudo.kmeans=quick"])

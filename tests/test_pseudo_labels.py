@@ -76,7 +76,7 @@ def test_torch_kmeans_refills_empty_clusters():
 
     x = np.concatenate([np.zeros((500, 2)), np.ones((5, 2)) * 50]).astype(np.float32)
     x += np.random.default_rng(0).standard_normal(x.shape).astype(np.float32) * 0.01
-    c = torch_kmeans(x, 4, iterations=10, seed=1)
+    c = torch_kmeans(x, 4, iterations=10, start=x[:4].copy())  # four starts in one cluster: three go empty
     labels, _ = assign(x, c)
     assert len(np.unique(labels)) == 4
 
@@ -98,3 +98,47 @@ def test_kmeans_plus_plus_seeds_and_faiss_refines_them():
     c = fit_kmeans(x, 16, max_frames=8000, iterations=3, seed=0, backend="faiss", init="kmeans++")
     labels, inertia = assign(x, c)
     assert len(np.unique(labels)) == 16 and inertia < seeded[0]  # Lloyd passes improve on the seeds
+
+
+def clustered(k: int, n: int, seed: int, dims: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dims)) * 3
+    return (centres[rng.integers(0, k, n)] + rng.standard_normal((n, dims))).astype(np.float32)
+
+
+def test_greedy_kmeans_plus_plus_lowers_the_seeding_potential():
+    """Greedy k-means++ (2 + ln k candidates per step, scikit-learn's choice) starts lower than plain."""
+    import torch
+
+    from gmptl.pseudo_labels import greedy_trials, kmeans_plus_plus
+
+    x = clustered(32, 6000, 5)
+    potential = {}
+    for trials in (1, greedy_trials(32)):
+        potential[trials] = np.mean([assign(x, kmeans_plus_plus(torch.from_numpy(x), 32, torch.Generator().manual_seed(s),
+                                                                trials).numpy())[1] for s in range(4)])
+    assert potential[greedy_trials(32)] < 0.95 * potential[1]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_fast_schedule_close_to_full_and_seeded(backend):
+    """``pseudo.kmeans=fast``: subsample passes then one full pass, within 2 % of the full schedule's inertia."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    from gmptl.pseudo_labels import schedule
+
+    x = clustered(24, 20000, 6)
+    fast = schedule("fast", 24, 25)
+    assert fast["points_per_centroid"] * 24 < len(x), "the Lloyd passes see a subsample"
+    full_c = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **schedule("full", 24, 25))
+    fast_c = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **fast)
+    assert np.array_equal(fast_c, fit_kmeans(x, 24, len(x), seed=0, backend=backend, **fast))
+    labels, fast_inertia = assign(x, fast_c)
+    assert len(np.unique(labels)) == 24
+    assert fast_inertia <= 1.02 * assign(x, full_c)[1]
+    # the refining pass over all frames moves the centroids to their frames' means
+    sub_only = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **{**fast, "refine": 0})
+    labels, sub_inertia = assign(x, sub_only)
+    assert fast_inertia < sub_inertia
+    with pytest.raises(ValueError, match="schedule"):
+        schedule("quick", 24, 25)
