@@ -83,8 +83,16 @@ def valid_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tenso
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def attention_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) bool -> (B, 1, 1, T) additive bias that hides padded keys from attention."""
+def exporting() -> bool:
+    """True while tracing for ONNX: shortcuts taken on a batch's shape would be frozen into the graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def attention_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, T) bool -> (B, 1, 1, T) additive bias that hides padded keys from attention;
+    None when nothing is padded (no bias to add, and SDPA can take a faster kernel)."""
+    if not exporting() and bool(valid.all()):
+        return None
     bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
     bias.masked_fill_(~valid, torch.finfo(dtype).min)
     return bias[:, None, None, :]

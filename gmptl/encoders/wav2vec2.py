@@ -5,7 +5,7 @@ import warnings
 import torch
 from torch import nn
 
-from .base import EncoderOutput, SpeechEncoder, apply_frame_mask, attention_bias, valid_mask
+from .base import EncoderOutput, SpeechEncoder, apply_frame_mask, attention_bias, exporting, valid_mask
 
 FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 
@@ -112,13 +112,20 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
 
 
 def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``norm`` (one group per channel) on (B, C, T), statistics over the first ``lengths`` frames."""
-    valid = valid_mask(lengths, x.shape[2])[:, None, :].to(x.dtype)  # (B, 1, T)
-    count = valid.sum(-1, keepdim=True).clamp(min=1)
-    mean = (x * valid).sum(-1, keepdim=True) / count
-    var = ((x - mean).pow(2) * valid).sum(-1, keepdim=True) / count
-    x = (x - mean) / torch.sqrt(var + norm.eps)
-    return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+    """``norm`` (one group per channel) on (B, C, T), statistics over the first ``lengths`` frames.
+
+    Without padding this is ``norm`` itself (except while exporting, where the graph
+    must serve padded batches too). Sums over time are matrix products with the
+    (B, T, 1) mask, and the affine map is one fused op: this layer has 512 channels
+    at 320 frames per 20 ms, the largest tensor of the whole encoder.
+    """
+    if not exporting() and bool((lengths >= x.shape[2]).all()):
+        return norm(x)
+    valid = valid_mask(lengths, x.shape[2]).to(x.dtype)[..., None]  # (B, T, 1)
+    count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+    centred = x - torch.bmm(x, valid) / count
+    var = torch.bmm(centred.square(), valid) / count  # (B, C, 1)
+    return torch.addcmul(norm.bias[None, :, None], centred, norm.weight[None, :, None] * torch.rsqrt(var + norm.eps))
 
 
 def normalize_rows(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
