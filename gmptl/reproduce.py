@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config, load_config
 from .corpora import load_corpus
 from .cv import claim_run_dir, plot_confusion, summarize_folds
@@ -266,5 +268,24 @@ def format_tables(summary: dict) -> str:
             folds = ",".join(str(f["fold"]) for f in e["folds"])
             lines.append(f"| {name} | {folds} | {e['war_mean']:.2f} ± {e['war_std']:.2f} | "
                          f"{e['uar_mean']:.2f} ± {e['uar_std']:.2f} | {e['wall_s'] / 60:.1f} |")
+        if table != "main" and (ref := same_folds(summary["systems"].get("gmp-tl"), rows)):
+            lines.append(f"| gmp-tl (layer -3), same folds | {ref['folds']} | {ref['war_mean']:.2f} ± {ref['war_std']:.2f} | "
+                         f"{ref['uar_mean']:.2f} ± {ref['uar_std']:.2f} | |")
         lines.append("")
     return "\n".join(lines)
+
+
+def same_folds(reference: dict | None, rows: dict) -> dict | None:
+    """``reference``'s means over only the folds ``rows`` cover, when an ablation ran on fewer folds."""
+    covered = {f["fold"] for e in rows.values() for f in e["folds"]}
+    if not reference or covered == {f["fold"] for f in reference["folds"]}:
+        return None
+    folds = [f for f in reference["folds"] if f["fold"] in covered]
+    if not folds:
+        return None
+    out = {"folds": ",".join(str(f["fold"]) for f in folds)}
+    for metric in ("war", "uar"):
+        values = np.array([f[metric] for f in folds])
+        out[f"{metric}_mean"] = float(values.mean())
+        out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out

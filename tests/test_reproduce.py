@@ -60,3 +60,22 @@ def test_reproduce_rejects_unknown_systems(tmp_path):
     with pytest.raises(SystemExit):
         main(["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
               "--out", str(tmp_path / "o"), "--systems", "gmp-tl,bogus"])
+
+
+def test_ablation_on_fewer_folds_gets_the_reference_on_the_same_folds():
+    """Table 3 run on fold 1 only is printed beside gmp-tl's fold-1 figures, not its 6-fold mean."""
+    from gmptl.reproduce import format_tables
+
+    def entry(table, folds):
+        uar = [f[1] for f in folds]
+        return {"table": table, "folds": [{"fold": k, "war": u + 1, "uar": u, "f1": u} for k, u in folds],
+                "war_mean": sum(uar) / len(uar) + 1, "war_std": 0.0, "uar_mean": sum(uar) / len(uar),
+                "uar_std": 0.0, "wall_s": 60.0}
+
+    summary = {"systems": {"gmp-tl": entry("main", [(1, 50.0), (2, 70.0), (3, 90.0)]),
+                           "layer-1": entry("table3", [(1, 40.0)]), "layer-2": entry("table3", [(1, 45.0), (2, 65.0)]),
+                           "gmps+ce-ft": entry("table2", [(1, 10.0), (2, 20.0), (3, 30.0)])}}
+    text = format_tables(summary)
+    table3 = text[text.index("### Table 3"):]
+    assert "| gmp-tl (layer -3), same folds | 1,2 | 61.00 ± 14.14 | 60.00 ± 14.14 | |" in table3
+    assert "same folds" not in text[:text.index("### Table 3")], "Table 2 covers all of gmp-tl's folds"
