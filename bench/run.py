@@ -166,7 +166,7 @@ def bench_kmeans_vs_sklearn(args, work: Path) -> dict:
         entry = {"sklearn_s": round(sk_s, 1)}
         for name in ("fast", "full"):
             start = time.perf_counter()
-            ours = fit_kmeans(frames, k, len(frames), seed=0, backend="faiss", **schedule(name, k, 25))
+            ours = fit_kmeans(frames, k, len(frames), seed=0, backend="faiss", **schedule(name, k, 25, len(frames)))
             seconds = time.perf_counter() - start
             _, inertia = assign(frames, ours)
             figures = {"speed": round(sk_s / seconds, 2), "inertia": round(inertia / sk_inertia, 4),

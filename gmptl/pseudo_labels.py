@@ -114,27 +114,27 @@ def seed_centroids(x: np.ndarray, k: int, seed: int, device, trials: int = 1) ->
     return kmeans_plus_plus(data, k, torch.Generator(device=data.device).manual_seed(seed), trials).cpu().numpy()
 
 
-def schedule(name: str, k: int, iterations: int) -> dict:
-    """:func:`fit_kmeans` settings of a named schedule.
+def schedule(name: str, k: int, iterations: int, frames: int) -> dict:
+    """:func:`fit_kmeans` settings of a named schedule for ``frames`` frames.
 
     ``full`` (the default): ``iterations`` Lloyd passes over all the frames from k
     random frames. ``fast``: about three passes' worth of work: a greedy k-means++
-    start (k <= 1024; above, its cost outgrows the rest), 10 passes over 64 frames per
-    centroid (6 over 32 above k = 1024), then one pass over all the frames.
-    ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
+    start (k <= 1024; above, its cost outgrows the rest), 10 passes over an eighth of
+    the frames (at least 32 per centroid; 6 passes above k = 1024), then one pass over
+    all of them. ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
     """
     if name == "full":
         return {"iterations": iterations}
     if name == "fast":
         small = k <= 1024
-        return {"iterations": 10 if small else 6, "points_per_centroid": 64 if small else 32, "refine": 1,
+        return {"iterations": 10 if small else 6, "sample": max(frames // 8, 32 * k), "refine": 1,
                 "init": "kmeans++" if small else "random"}
     raise ValueError(f"unknown k-means schedule {name!r} (full or fast)")
 
 
 def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, seed: int,
                backend: str = "auto", device: torch.device | str = "cpu", init: str = "random",
-               points_per_centroid: int = 0, refine: int = 0) -> np.ndarray:
+               sample: int = 0, refine: int = 0) -> np.ndarray:
     """k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids.
 
     ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's
@@ -142,25 +142,23 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     ``random`` (faiss: k distinct frames; torch: plain k-means++ on all frames) or
     ``kmeans++`` (greedy, on max(10k, 20 k) of the frames).
 
-    ``points_per_centroid`` > 0 runs the ``iterations`` on a seeded subsample of that
-    many frames per centroid, and ``refine`` adds full passes over all the frames after
-    them (see :func:`schedule`).
+    ``sample`` > 0 runs the ``iterations`` on a seeded subsample of that many frames,
+    and ``refine`` adds passes over all of them after (see :func:`schedule`).
     """
     rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(len(features), size=min(max_frames, len(features)), replace=False))
-    x = np.ascontiguousarray(features[take], dtype=np.float32)
+    if max_frames < len(features):
+        features = features[np.sort(rng.choice(len(features), size=max_frames, replace=False))]
+    x = np.ascontiguousarray(features, dtype=np.float32)  # no copy when it already is
     if len(x) < k:
         raise ValueError(f"{len(x)} frames cannot make {k} clusters")
-    sample = x
-    if 0 < points_per_centroid * k < len(x):
-        sample = x[np.sort(rng.choice(len(x), size=points_per_centroid * k, replace=False))]
+    part = x[np.sort(rng.choice(len(x), size=sample, replace=False))] if 0 < sample < len(x) else x
     start = None
     if init == "kmeans++":
-        seeds = sample[np.sort(rng.choice(len(sample), size=min(len(sample), max(10_000, 20 * k)), replace=False))]
+        seeds = part[np.sort(rng.choice(len(part), size=min(len(part), max(10_000, 20 * k)), replace=False))]
         start = seed_centroids(seeds, k, seed, device, greedy_trials(k))
     elif kmeans_backend(backend) == "torch":
-        start = seed_centroids(sample, k, seed, device)
-    c = lloyd(sample, k, iterations, seed, backend, device, start)
+        start = seed_centroids(part, k, seed, device)
+    c = lloyd(part, k, iterations, seed, backend, device, start)
     if refine:
         c = lloyd(x, k, refine, seed, backend, device, c)
     return c
@@ -270,7 +268,7 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
     for k in scales:
         start = time.perf_counter()
         centroids = fit_kmeans(train_feats, k, max_frames, seed=seed, backend=backend, device=device,
-                               **schedule(kmeans, k, iterations))
+                               **schedule(kmeans, k, iterations, min(max_frames, len(train_feats))))
         np.save(out_dir / f"km{k}.centroids.npy", centroids)
         entry = {"fit_s": round(time.perf_counter() - start, 2)}
         for name, data in splits.items():

@@ -128,9 +128,9 @@ def test_fast_schedule_close_to_full_and_seeded(backend):
     from gmptl.pseudo_labels import schedule
 
     x = clustered(24, 20000, 6)
-    fast = schedule("fast", 24, 25)
-    assert fast["points_per_centroid"] * 24 < len(x), "the Lloyd passes see a subsample"
-    full_c = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **schedule("full", 24, 25))
+    fast = schedule("fast", 24, 25, len(x))
+    assert fast["sample"] < len(x), "the Lloyd passes see a subsample"
+    full_c = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **schedule("full", 24, 25, len(x)))
     fast_c = fit_kmeans(x, 24, len(x), seed=0, backend=backend, **fast)
     assert np.array_equal(fast_c, fit_kmeans(x, 24, len(x), seed=0, backend=backend, **fast))
     labels, fast_inertia = assign(x, fast_c)
@@ -141,4 +141,4 @@ def test_fast_schedule_close_to_full_and_seeded(backend):
     labels, sub_inertia = assign(x, sub_only)
     assert fast_inertia < sub_inertia
     with pytest.raises(ValueError, match="schedule"):
-        schedule("quick", 24, 25)
+        schedule("quick", 24, 25, len(x))
