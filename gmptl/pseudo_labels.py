@@ -118,16 +118,16 @@ def schedule(name: str, k: int, iterations: int, frames: int) -> dict:
     """:func:`fit_kmeans` settings of a named schedule for ``frames`` frames.
 
     ``full`` (the default): ``iterations`` Lloyd passes over all the frames from k
-    random frames. ``fast``: about three passes' worth of work: a greedy k-means++
+    random frames. ``fast``: about four passes' worth of work: a greedy k-means++
     start (k <= 1024; above, its cost outgrows the rest), 10 passes over an eighth of
-    the frames (at least 32 per centroid; 6 passes above k = 1024), then one pass over
-    all of them. ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
+    the frames (at least 32 per centroid; 6 passes above k = 1024), then two passes
+    over all of them. ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
     """
     if name == "full":
         return {"iterations": iterations}
     if name == "fast":
         small = k <= 1024
-        return {"iterations": 10 if small else 6, "sample": max(frames // 8, 32 * k), "refine": 1,
+        return {"iterations": 10 if small else 6, "sample": max(frames // 8, 32 * k), "refine": 2,
                 "init": "kmeans++" if small else "random"}
     raise ValueError(f"unknown k-means schedule {name!r} (full or fast)")
 
