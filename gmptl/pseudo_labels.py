@@ -146,12 +146,16 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     and ``refine`` adds passes over all of them after (see :func:`schedule`).
     """
     rng = np.random.default_rng(seed)
-    if max_frames < len(features):
-        features = features[np.sort(rng.choice(len(features), size=max_frames, replace=False))]
-    x = np.ascontiguousarray(features, dtype=np.float32)  # no copy when it already is
-    if len(x) < k:
-        raise ValueError(f"{len(x)} frames cannot make {k} clusters")
-    part = x[np.sort(rng.choice(len(x), size=sample, replace=False))] if 0 < sample < len(x) else x
+    rows = np.sort(rng.choice(len(features), size=max_frames, replace=False)) if max_frames < len(features) else None
+    n = len(features) if rows is None else len(rows)
+    if n < k:
+        raise ValueError(f"{n} frames cannot make {k} clusters")
+    if 0 < sample < n:  # only the sample is read into memory; the closing passes stream
+        pick = np.sort(rng.choice(n, size=sample, replace=False))
+        part = features[pick if rows is None else rows[pick]]
+    else:
+        part = features if rows is None else features[rows]
+    part = np.ascontiguousarray(part, dtype=np.float32)  # no copy when it already is
     start = None
     if init == "kmeans++":
         seeds = part[np.sort(rng.choice(len(part), size=min(len(part), max(10_000, 20 * k)), replace=False))]
@@ -159,8 +163,8 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     elif kmeans_backend(backend) == "torch":
         start = seed_centroids(part, k, seed, device)
     c = lloyd(part, k, iterations, seed, backend, device, start)
-    if refine:
-        c = lloyd(x, k, refine, seed, backend, device, c)
+    for _ in range(refine):
+        c = streamed_pass(features, c, rows, device)
     return c
 
 
@@ -211,6 +215,14 @@ def torch_kmeans(x: np.ndarray, k: int, iterations: int, start: np.ndarray, devi
     return c.cpu().numpy()
 
 
+def chunks(features: np.ndarray, rows: np.ndarray | None = None, chunk: int = 16384, device="cpu"):
+    """(start, float32 tensor) blocks of ``features`` (or of its ``rows``), read one at a time."""
+    n = len(features) if rows is None else len(rows)
+    for start in range(0, n, chunk):
+        block = features[start:start + chunk] if rows is None else features[rows[start:start + chunk]]
+        yield start, torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
+
+
 @torch.no_grad()
 def assign(features: np.ndarray, centroids: np.ndarray, chunk: int = 16384,
            device: torch.device | str = "cpu") -> tuple[np.ndarray, float]:
@@ -219,12 +231,28 @@ def assign(features: np.ndarray, centroids: np.ndarray, chunk: int = 16384,
     c_sq = (c * c).sum(1)
     labels = np.empty(len(features), dtype=np.int32)
     inertia = 0.0
-    for start in range(0, len(features), chunk):
-        x = torch.from_numpy(np.asarray(features[start:start + chunk], dtype=np.float32)).to(device)
+    for start, x in chunks(features, chunk=chunk, device=device):
         best, idx = nearest(x, c, c_sq)
         labels[start:start + len(x)] = idx.cpu().numpy()
         inertia += float(best.sum())
     return labels, inertia
+
+
+@torch.no_grad()
+def streamed_pass(features: np.ndarray, centroids: np.ndarray, rows: np.ndarray | None = None,
+                  device: torch.device | str = "cpu", chunk: int = 16384) -> np.ndarray:
+    """One Lloyd pass over frames read in chunks (a memmap stays on disk): each frame to
+    its nearest centroid, each centroid to the mean of its frames (an empty one stays)."""
+    c = torch.from_numpy(centroids).to(device)
+    c_sq = (c * c).sum(1)
+    sums = torch.zeros(c.shape, dtype=torch.float64, device=device)  # millions of frames: float64 totals
+    counts = torch.zeros(len(c), dtype=torch.float64, device=device)
+    for _, x in chunks(features, rows, chunk, device):
+        _, idx = nearest(x, c, c_sq)
+        sums += torch.zeros_like(c).index_add_(0, idx, x).double()
+        counts += torch.bincount(idx, minlength=len(c))
+    means = sums / counts.clamp(min=1)[:, None]
+    return torch.where(counts[:, None] > 0, means, c.double()).float().cpu().numpy()
 
 
 def quality(labels: np.ndarray, classes: np.ndarray, k: int) -> dict | None:

@@ -142,3 +142,24 @@ def test_fast_schedule_close_to_full_and_seeded(backend):
     assert fast_inertia < sub_inertia
     with pytest.raises(ValueError, match="schedule"):
         schedule("quick", 24, 25, len(x))
+
+
+def test_streamed_pass_is_one_lloyd_step_over_a_memmap(tmp_path):
+    """The fast schedule's closing passes read the float16 dump chunk by chunk and move every
+    centroid to the mean of its frames, as one in-memory Lloyd step does."""
+    from gmptl.pseudo_labels import schedule, streamed_pass, torch_kmeans
+
+    x = clustered(12, 5000, 7).astype(np.float16)
+    path = tmp_path / "train.features.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    feats = np.load(path, mmap_mode="r")
+    start = x[:12].astype(np.float32) + 0.5
+    expected = torch_kmeans(x.astype(np.float32), 12, iterations=1, start=start)
+    assert np.allclose(streamed_pass(feats, start, chunk=777), expected, atol=1e-4)
+    rows = np.arange(0, 5000, 3)  # a max_frames subsample: only those rows count
+    expected = torch_kmeans(x[rows].astype(np.float32), 12, iterations=1, start=start)
+    assert np.allclose(streamed_pass(feats, start, rows, chunk=500), expected, atol=1e-4)
+    c = fit_kmeans(feats, 12, max_frames=4000, seed=0, **schedule("fast", 12, 25, 4000))
+    assert len(np.unique(assign(feats, c)[0])) == 12
