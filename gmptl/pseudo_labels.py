@@ -177,16 +177,16 @@ def lloyd(x: np.ndarray, k: int, iterations: int, seed: int, backend: str, devic
     # faiss subsamples again past max_points_per_centroid; ours is already the sample.
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
-                      max_points_per_centroid=max(len(x) // k + 1, 256))
+                      max_points_per_centroid=max(len(x) // k + 1, 256), min_points_per_centroid=1)
     km.train(x, init_centroids=start)
     return km.centroids.astype(np.float32)
 
 
 def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distance to, and index of, the nearest row of ``c`` for every row of ``x``."""
-    dist = (x * x).sum(1, keepdim=True) - 2 * x @ c.t() + c_sq  # (n, K) squared distances
-    best, idx = dist.min(1)
-    return best.clamp(min=0), idx
+    part = torch.addmm(c_sq[None], x, c.t(), alpha=-2)  # (n, K) ||c||^2 - 2 x.c: one fused GEMM
+    best, idx = part.min(1)
+    return (best + (x * x).sum(1)).clamp(min=0), idx
 
 
 @torch.no_grad()
