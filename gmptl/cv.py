@@ -18,13 +18,19 @@ from .train import atomic_json
 log = logging.getLogger(__name__)
 
 
-def summarize_folds(results: list[dict], labels: list[str]) -> dict:
-    """Mean and standard deviation over folds of WAR, UAR, F1; summed confusion matrix."""
-    out = {"folds": [{k: r[k] for k in ("fold", "war", "uar", "f1", "n")} for r in results]}
-    for metric in ("war", "uar", "f1"):
+def fold_means(results: list[dict], metrics=("war", "uar", "f1")) -> dict:
+    """``<metric>_mean`` and ``<metric>_std`` over folds (sample standard deviation; 0 for one fold)."""
+    out = {}
+    for metric in metrics:
         values = np.array([r[metric] for r in results])
         out[f"{metric}_mean"] = float(values.mean())
         out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def summarize_folds(results: list[dict], labels: list[str]) -> dict:
+    """Mean and standard deviation over folds of WAR, UAR, F1; summed confusion matrix."""
+    out = {"folds": [{k: r[k] for k in ("fold", "war", "uar", "f1", "n")} for r in results], **fold_means(results)}
     out["recall_mean"] = {label: float(np.mean([r["recall"][label] for r in results if label in r["recall"]]))
                           for label in labels if any(label in r["recall"] for r in results)}
     out["confusion"] = np.sum([np.array(r["confusion"]) for r in results], axis=0).tolist()

@@ -145,6 +145,7 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     ``sample`` > 0 runs the ``iterations`` on a seeded subsample of that many frames,
     and ``refine`` adds passes over all of them after (see :func:`schedule`).
     """
+    backend = kmeans_backend(backend)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(features), size=max_frames, replace=False)) if max_frames < len(features) else None
     n = len(features) if rows is None else len(rows)
@@ -160,7 +161,7 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     if init == "kmeans++":
         seeds = part[np.sort(rng.choice(len(part), size=min(len(part), max(10_000, 20 * k)), replace=False))]
         start = seed_centroids(seeds, k, seed, device, greedy_trials(k))
-    elif kmeans_backend(backend) == "torch":
+    elif backend == "torch":
         start = seed_centroids(part, k, seed, device)
     c = lloyd(part, k, iterations, seed, backend, device, start)
     for _ in range(refine):
@@ -169,8 +170,9 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
 
 
 def lloyd(x: np.ndarray, k: int, iterations: int, seed: int, backend: str, device, start: np.ndarray | None) -> np.ndarray:
-    """``iterations`` Lloyd passes over all of ``x`` from ``start`` (faiss: None = k random frames)."""
-    if kmeans_backend(backend) == "torch":
+    """``iterations`` Lloyd passes over all of ``x`` from ``start`` (faiss: None = k random frames);
+    ``backend`` is ``faiss`` or ``torch``, as :func:`kmeans_backend` resolves it."""
+    if backend == "torch":
         return torch_kmeans(x, k, iterations, start, device)
     import faiss
 

@@ -22,11 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .config import Config, load_config
 from .corpora import load_corpus
-from .cv import claim_run_dir, plot_confusion, summarize_folds
+from .cv import claim_run_dir, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
@@ -283,9 +281,4 @@ def same_folds(reference: dict | None, rows: dict) -> dict | None:
     folds = [f for f in reference["folds"] if f["fold"] in covered]
     if not folds:
         return None
-    out = {"folds": ",".join(str(f["fold"]) for f in folds)}
-    for metric in ("war", "uar"):
-        values = np.array([f[metric] for f in folds])
-        out[f"{metric}_mean"] = float(values.mean())
-        out[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return out
+    return {"folds": ",".join(str(f["fold"]) for f in folds), **fold_means(folds, ("war", "uar"))}
