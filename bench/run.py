@@ -369,6 +369,71 @@ def bench_bilstm_pool(args, work: Path) -> dict:
     return {"before_s": round(old, 3), "after_s": round(new, 3), "speedup": round(old / new, 3), "max_abs_diff": diff}
 
 
+def bench_cuda_paths(args, work: Path, device: str = "cuda") -> dict:
+    """One stage-1 training step (encoder + BiLSTM head, multi-task loss) on the GPU: fp32 vs bf16 autocast,
+    gradient checkpointing off vs on, front end frozen vs trained; step time, peak memory, gradient agreement."""
+    from gmptl.losses import multitask_loss
+    from gmptl.train import autocast
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: cuda_paths needs a CUDA device")
+    dev = torch.device(device)
+    batch = args.cuda_batch
+    waves = torch.from_numpy(np.stack(clips(args.ravdess, batch))).to(dev)
+    lengths = torch.full((batch,), waves.shape[1], device=dev)
+    gen = torch.Generator().manual_seed(0)
+    emotion = torch.randint(0, len(LABELS), (batch,), generator=gen).to(dev)
+    gender = torch.randint(0, 2, (batch,), generator=gen).to(dev)
+    out = {"batch": batch, "clip_s": waves.shape[1] / 16000}
+    for spec in ("whisper-tiny.en", "random:hubert-base"):
+        torch.manual_seed(0)
+        model = UtteranceClassifier(build_encoder(spec), len(LABELS), -1, gender=True).to(dev).train()
+        for m in model.modules():  # dropout off: every variant must see the same network
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+            if isinstance(getattr(m, "dropout", None), float):
+                m.dropout = 0.0
+
+        def step(precision: str) -> torch.Tensor:
+            model.zero_grad(set_to_none=True)
+            with autocast(dev, precision):
+                o = model(waves, lengths)
+                loss = multitask_loss(o["emotion"].float(), o["gender"].float(), emotion, gender, 0.9)
+            loss.backward()
+            return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
+
+        rows, grads = {}, {}
+        for name, precision, ckpt, frozen in [("fp32", "fp32", False, True), ("fp32+ckpt", "fp32", True, True),
+                                              ("bf16", "bf16", False, True), ("bf16+ckpt", "bf16", True, True),
+                                              ("bf16+frontend", "bf16", False, False)]:
+            model.encoder.checkpointing = ckpt
+            model.encoder.freeze_frontend(frozen)
+            step(precision)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            for _ in range(args.cuda_steps):
+                g = step(precision)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - start) / args.cuda_steps * 1000
+            peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+            rows[name] = {"step_ms": round(ms, 1), "peak_gb": None if peak is None else round(peak, 2),
+                          "audio_s_per_s": round(batch * out["clip_s"] / ms * 1000)}
+            grads[name] = g
+        ref = grads["fp32"]
+        agree = {f"{name}_vs_fp32": {"max_rel": float((grads[name] - ref).abs().max() / ref.abs().max()),
+                                     "cosine": float(torch.nn.functional.cosine_similarity(grads[name], ref, 0))}
+                 for name in ("fp32+ckpt", "bf16", "bf16+ckpt")}
+        out[spec] = {"steps": rows, "gradients": agree,
+                     "bf16_speedup": round(rows["fp32"]["step_ms"] / rows["bf16"]["step_ms"], 2),
+                     "ckpt_memory_ratio": None if dev.type != "cuda" else
+                     round(rows["bf16+ckpt"]["peak_gb"] / rows["bf16"]["peak_gb"], 2)}
+        del model
+    return out
+
+
 BENCHES = {name[len("bench_"):]: fn for name, fn in globals().items() if name.startswith("bench_")}
 
 
@@ -381,12 +446,15 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64, help="clips for the predict benchmarks")
     parser.add_argument("--train-steps", type=int, default=8, help="micro-batches per training measurement")
     parser.add_argument("--kmeans-seeds", type=int, default=3, help="seeds per side in kmeans_vs_sklearn")
+    parser.add_argument("--cuda-batch", type=int, default=32, help="clips of 4 s per step in cuda_paths")
+    parser.add_argument("--cuda-steps", type=int, default=5, help="timed steps per variant in cuda_paths")
     parser.add_argument("--scales", type=lambda s: [int(k) for k in s.split(",")], default=[64, 512, 4096])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.ravdess.is_dir():
         sys.exit(f"bench: {args.ravdess}: no RAVDESS directory (--ravdess DIR)")
-    names = args.only.split(",") if args.only else list(BENCHES)
+    gpu_only = set() if torch.cuda.is_available() else {"cuda_paths"}  # measured where a GPU is lent
+    names = args.only.split(",") if args.only else [n for n in BENCHES if n not in gpu_only]
     if bad := [n for n in names if n not in BENCHES]:
         sys.exit(f"bench: unknown {', '.join(bad)} (known: {', '.join(BENCHES)})")
     work = args.work or Path(tempfile.mkdtemp(prefix="gmptl-bench-"))
