@@ -79,3 +79,18 @@ def test_ablation_on_fewer_folds_gets_the_reference_on_the_same_folds():
     table3 = text[text.index("### Table 3"):]
     assert "| gmp-tl (layer -3), same folds | 1,2 | 61.00 ± 14.14 | 60.00 ± 14.14 | |" in table3
     assert "same folds" not in text[:text.index("### Table 3")], "Table 2 covers all of gmp-tl's folds"
+    assert "run-to-run variation" not in text, "no layer-3 row: nothing to say"
+
+
+def test_table3_row_of_the_default_layer_is_called_a_rerun_of_gmp_tl():
+    from gmptl.reproduce import format_tables
+
+    def entry(table):
+        return {"table": table, "folds": [{"fold": 1, "war": 60.0, "uar": 60.0, "f1": 60.0}], "war_mean": 60.0,
+                "war_std": 0.0, "uar_mean": 60.0, "uar_std": 0.0, "wall_s": 60.0}
+
+    systems = {"gmp-tl": entry("main"), "layer-1": entry("table3"), "layer-2": entry("table3")}
+    text = format_tables({"pseudo_layer": -2, "systems": systems})
+    assert "`layer-2` is `gmp-tl`'s own configuration (it clusters layer -2)" in text
+    assert "layer-1` is" not in text
+    assert "own configuration" not in format_tables({"pseudo_layer": -3, "systems": systems})
