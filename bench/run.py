@@ -451,6 +451,8 @@ def main() -> None:
     parser.add_argument("--scales", type=lambda s: [int(k) for k in s.split(",")], default=[64, 512, 4096])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gmptl.provenance import code_version
+    code_version()  # pinned now: the results record the code the run started with
     if not args.ravdess.is_dir():
         sys.exit(f"bench: {args.ravdess}: no RAVDESS directory (--ravdess DIR)")
     gpu_only = set() if torch.cuda.is_available() else {"cuda_paths"}  # measured where a GPU is lent

@@ -95,6 +95,21 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import format_sweep, sweep
+
+    out = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    command = " ".join(["gmptl sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
+                       + [a for g in args.grid for a in ("--grid", g)])
+    summary = sweep(args.config, args.set or [], args.grid, out, folds, args.jobs, command,
+                    run=not args.report_only, report=not args.no_report)
+    if summary:
+        print(format_sweep(summary))
+        print(f"results: {out / 'sweep.json'}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .corpora import load_corpus, validation_split
@@ -281,6 +296,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("sweep", help="settings chosen on validation speakers: a grid of configs on every fold")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every config")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                   help="a setting and its values (repeat for more settings: every combination runs)")
+    p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes, folds dealt out among them (GPU: 6)")
+    p.add_argument("--out", help="run directory (default runs/sweep-<config name>); rerun to resume")
+    p.add_argument("--report-only", action="store_true", help="write sweep.json from the folds finished so far")
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("train", help="train a system on a whole corpus (or one fold) into a model directory")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
@@ -334,7 +361,7 @@ def main(argv=None) -> int:
     from . import dist
 
     dist.init()  # under torchrun: join the process group; alone: nothing
-    if args.command in ("cv", "train", "reproduce"):
+    if args.command in ("cv", "train", "reproduce", "sweep"):
         from .provenance import code_version
 
         code_version()  # pinned now: results record the code this run started with

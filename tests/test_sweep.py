@@ -1,0 +1,80 @@
+"""`gmptl sweep`: every config on every fold, steps shared, the choice made by validation alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gmptl.__main__ import main
+from gmptl.errors import ConfigError
+from gmptl.sweep import combinations, parse_grid, split_values, summarize
+from synth_corpus import make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_parsing():
+    assert split_values("0.1, 0.2,[64,512]") == ["0.1", "0.2", "[64,512]"]
+    axes = parse_grid(["stage3.margin=0.1,0.2", "pseudo.scales=[4,8],[4,8,16]"])
+    assert axes == [("stage3.margin", ["0.1", "0.2"]), ("pseudo.scales", ["[4,8]", "[4,8,16]"])]
+    assert combinations(axes)[1] == ["stage3.margin=0.1", "pseudo.scales=[4,8,16]"]
+    assert len(combinations(axes)) == 4
+    for bad in (["stage3.margin"], ["stage3.margin="], ["stage3.margin=0.1,0.1"], ["a=1", "a=2"], []):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+
+
+def fake_result(path: Path, fold: int, valid: float, uar: float) -> None:
+    path.mkdir(parents=True)
+    (path / "result.json").write_text(json.dumps({"fold": fold, "war": uar + 1, "uar": uar,
+                                                  "stages": {"stage1": {"best_score": 0.0},
+                                                             "stage3": {"best_score": valid}}}))
+
+
+def test_choice_reads_validation_not_test_and_needs_every_fold(tmp_path):
+    configs = [["stage3.margin=0.1"], ["stage3.margin=0.2"], ["stage3.margin=0.3"]]
+    # 0.1: best on test, worse on validation; 0.2: best on validation; 0.3: best validation, one fold missing
+    for k, (v1, t1, v2, t2) in enumerate([(60, 90, 70, 50), (62, 88, 68, 52)], start=1):
+        fake_result(tmp_path / "stage3.margin=0.1" / f"fold{k}", k, v1, t1)
+        fake_result(tmp_path / "stage3.margin=0.2" / f"fold{k}", k, v2, t2)
+    fake_result(tmp_path / "stage3.margin=0.3" / "fold1", 1, 99, 99)
+    summary = summarize(tmp_path, configs, [1, 2], "cmd")
+    assert summary["chosen"] == "stage3.margin=0.2"
+    entry = summary["configs"]["stage3.margin=0.2"]
+    assert entry["valid_uar_mean"] == pytest.approx(69.0) and entry["uar_mean"] == pytest.approx(51.0)
+    assert not summary["configs"]["stage3.margin=0.3"]["complete"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["chosen"] == "stage3.margin=0.2"
+
+
+@pytest.mark.slow
+def test_sweep_over_a_stage3_setting_trains_the_earlier_stages_once(tmp_path, capsys):
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=3)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"data.root={manifest}",
+            "--grid", "stage3.margin=0.1,0.35", "--folds", "1", "--out", str(out)]
+    assert main(args) == 0
+    steps = out / "steps" / "fold1"
+    assert [len(list(steps.glob(f"{s}-*"))) for s in ("stage1", "pseudo", "stage2", "stage3")] == [1, 1, 1, 2]
+    summary = json.loads((out / "sweep.json").read_text())
+    results = {n: json.loads((out / n / "fold1" / "result.json").read_text()) for n in summary["configs"]}
+    assert set(results) == {"stage3.margin=0.1", "stage3.margin=0.35"}
+    for name, r in results.items():
+        row = summary["configs"][name]["folds"][0]
+        assert row["uar"] == r["uar"] and row["valid_uar"] == r["stages"]["stage3"]["best_score"]
+    best = max(results, key=lambda n: results[n]["stages"]["stage3"]["best_score"])
+    assert summary["chosen"] == best
+    printed = capsys.readouterr().out
+    assert f"* chosen: {best}" in printed
+
+    before = {p: p.stat().st_mtime for p in out.rglob("result.json")}  # resume: nothing to redo
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
+
+
+def test_sweep_rejects_an_unknown_setting_before_running(tmp_path, capsys):
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    with pytest.raises(SystemExit) as exit:
+        main(["sweep", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"data.root={manifest}",
+              "--grid", "stage3.bogus=1,2", "--out", str(tmp_path / "o")])
+    assert exit.value.code == 2 and "bogus" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
