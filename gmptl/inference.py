@@ -65,7 +65,7 @@ class PseudoLabeler:
         lengths = torch.tensor([len(wave)])
         out = self.encoder(torch.from_numpy(wave)[None], lengths)
         frames = out.hidden_states[self.layer][0, : int(out.lengths[0])].float()
-        return {k: nearest(frames, c, c_sq)[1].numpy().astype(np.int32) for k, (c, c_sq) in self.centroids.items()}
+        return {k: nearest(frames, c, c_sq, distances=False)[1].numpy().astype(np.int32) for k, (c, c_sq) in self.centroids.items()}
 
 
 class Recognizer:

@@ -185,11 +185,13 @@ def lloyd(x: np.ndarray, k: int, iterations: int, seed: int, backend: str, devic
     return km.centroids.astype(np.float32)
 
 
-def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distance to, and index of, the nearest row of ``c`` for every row of ``x``."""
+def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor,
+            distances: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Squared distance to (None unless ``distances``), and index of, the nearest row of ``c``
+    for every row of ``x``."""
     part = torch.addmm(c_sq[None], x, c.t(), alpha=-2)  # (n, K) ||c||^2 - 2 x.c: one fused GEMM
     best, idx = part.min(1)
-    return (best + (x * x).sum(1)).clamp(min=0), idx
+    return (best + (x * x).sum(1)).clamp(min=0) if distances else None, idx
 
 
 @torch.no_grad()
@@ -251,7 +253,7 @@ def streamed_pass(features: np.ndarray, centroids: np.ndarray, rows: np.ndarray 
     sums = torch.zeros(c.shape, dtype=torch.float64, device=device)  # millions of frames: float64 totals
     counts = torch.zeros(len(c), dtype=torch.float64, device=device)
     for _, x in chunks(features, rows, chunk, device):
-        _, idx = nearest(x, c, c_sq)
+        _, idx = nearest(x, c, c_sq, distances=False)
         sums += torch.zeros_like(c).index_add_(0, idx, x).double()
         counts += torch.bincount(idx, minlength=len(c))
     means = sums / counts.clamp(min=1)[:, None]
