@@ -76,6 +76,13 @@ class Stage3Config:
 
 
 @dataclass
+class ProbeConfig:
+    select: str = "valid"              # valid (the validation speakers) | speaker-cv (grouped CV over all training speakers)
+    groups: int = 5                    # speaker groups of speaker-cv
+    c: list[float] = field(default_factory=lambda: [1.0])  # logistic-regression C values, chosen with the layer
+
+
+@dataclass
 class TrainConfig:
     lr: float = 1e-4                   # Adam (paper)
     head_lr: float | None = None       # None: same as lr
@@ -100,6 +107,7 @@ class Config:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -122,6 +130,9 @@ class Config:
              "train.device must be auto, cpu, cuda or cuda:N"),
             (self.pseudo.backend in ("auto", "faiss", "torch"), "pseudo.backend must be auto, faiss or torch"),
             (self.pseudo.kmeans in ("full", "fast"), "pseudo.kmeans must be full or fast"),
+            (self.probe.select in ("valid", "speaker-cv"), "probe.select must be valid or speaker-cv"),
+            (self.probe.groups >= 2, "probe.groups must be >= 2"),
+            (bool(self.probe.c) and all(c > 0 for c in self.probe.c), "probe.c must be positive values"),
         ]
         for ok, message in checks:
             if not ok:

@@ -208,10 +208,11 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out
     from .baselines import probe
 
     encoder = new_encoder(cfg).to(resolve_device(cfg.train.device))
-    found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed)
+    found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed,
+                  cfg.probe.select, cfg.probe.groups, cfg.probe.c)
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances}),
               **write_predictions(test, found["probabilities"], out),
-              "probe": {"layer": found["layer"], "valid_uar_per_layer": found["valid_uar_per_layer"]},
+              "probe": {k: found[k] for k in ("layer", "c", "select", "valid_uar_per_layer", "valid_uar")},
               "failed_files": [str(e) for e in train.failed + valid.failed + test.failed],
               "wall_s": round(time.perf_counter() - start, 1)}
     result.update(compute_s=result["wall_s"], provenance=provenance())

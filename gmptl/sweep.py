@@ -79,7 +79,7 @@ def valid_uar(result: dict) -> float:
     """The validation score the fold's model was chosen by: the last classification stage's best
     validation UAR (stage 3, or stage 1 for plain fine-tuning), or the probe's best layer."""
     if "probe" in result:
-        return max(result["probe"]["valid_uar_per_layer"].values())
+        return max(result["probe"]["valid_uar_per_layer"])
     stages = result["stages"]
     return stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
 

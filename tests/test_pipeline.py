@@ -164,3 +164,27 @@ def test_frozen_probe_baseline(corpus, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=probe",
               "--out", str(tmp_path / "t")])
+
+
+def test_frozen_probe_chosen_by_cross_validation_over_training_speakers(corpus, tmp_path):
+    out = tmp_path / "probe-cv"
+    assert main(["cv", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=probe",
+                 "--set", "probe.select=speaker-cv", "--set", "probe.groups=2", "--set", "probe.c=[0.01,1.0]",
+                 "--folds", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "fold1" / "result.json").read_text())
+    found = result["probe"]
+    assert found["select"] == "speaker-cv" and len(found["valid_uar"]) == 3 * 2  # layers x C values
+    best = max(found["valid_uar"], key=found["valid_uar"].get)
+    assert best == f"{found['layer']},{found['c']}"
+    assert found["valid_uar_per_layer"][found["layer"]] == pytest.approx(found["valid_uar"][best], abs=0.01)
+    assert result["uar"] > 40
+
+
+def test_speaker_groups_cover_every_speaker_once():
+    from gmptl.baselines import speaker_groups
+
+    groups = speaker_groups([f"Actor_{i:02d}" for i in range(5, 25)] * 3, 5)
+    assert len(groups) == 5 and all(len(g) == 4 for g in groups)
+    assert set().union(*groups) == {f"Actor_{i:02d}" for i in range(5, 25)}
+    assert sum(len(g) for g in groups) == 20
+    assert len(speaker_groups(["a", "b"], 5)) == 2
