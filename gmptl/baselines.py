@@ -58,13 +58,11 @@ def probe(encoder, train: AudioSet, valid: AudioSet, test: AudioSet, max_seconds
     """
     feats = {name: pooled_layers(encoder, data, max_seconds) for name, data in
              (("train", train), ("valid", valid), ("test", test))}
+    x, y = np.concatenate([feats["train"], feats["valid"]]), np.concatenate([train.emotion, valid.emotion])
     if select == "speaker-cv":
-        x = np.concatenate([feats["train"], feats["valid"]])
-        y = np.concatenate([train.emotion, valid.emotion])
         speakers = np.array([u.speaker for u in train.utterances + valid.utterances])
         splits = [(~np.isin(speakers, list(g)), np.isin(speakers, list(g))) for g in speaker_groups(speakers, groups)]
     else:
-        x, y = np.concatenate([feats["train"], feats["valid"]]), np.concatenate([train.emotion, valid.emotion])
         splits = [(np.arange(len(x)) < len(train), np.arange(len(x)) >= len(train))]
     scored = {}
     for layer in range(x.shape[1]):

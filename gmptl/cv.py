@@ -71,6 +71,14 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_folds(corpus, folds: list[int] | None) -> list[int]:
+    """``folds`` (all of the corpus's when None), each one checked to exist."""
+    available = [f.index for f in corpus.folds()]
+    if bad := [k for k in folds or [] if k not in available]:
+        raise ConfigError(f"--folds: {corpus.name} has folds {available[0]}..{available[-1]}, not {bad}")
+    return folds or available
+
+
 def claim_run_dir(cfg: Config, out: Path) -> None:
     """Save the resolved config in ``out``; refuse to resume a run of another config there.
 
@@ -95,11 +103,7 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
     corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
     for p in corpus.problems:
         log.warning("left out %s: %s", p.path, p.reason)
-    available = [f.index for f in corpus.folds()]
-    folds = folds or available
-    bad = [k for k in folds if k not in available]
-    if bad:
-        raise ConfigError(f"--folds: {corpus.name} has folds {available[0]}..{available[-1]}, not {bad}")
+    folds = check_folds(corpus, folds)
     claim_run_dir(cfg, out)
     start = time.perf_counter()
     results = []

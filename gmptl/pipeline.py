@@ -246,6 +246,11 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
     return save_model_dir(out / "model", model, labels, weights, extra, centroids, pseudo_encoder)
 
 
+def chosen_valid_uar(stages: dict) -> float:
+    """The validation UAR the final model was chosen by: stage 3's, or stage 1's when there is no stage 3."""
+    return stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
+
+
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,
               shared: Path | None = None) -> dict:
     """Train on ``train_utts`` (choosing on ``valid_utts``), test on ``test_utts`` (if any), export the model.
@@ -282,7 +287,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
                   step_dirs={step: str(dirs[step]) for step in stages}, provenance=provenance(),
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
-    metrics["valid_uar"] = stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
+    metrics["valid_uar"] = chosen_valid_uar(stages)
     export(cfg, model, weights, labels, out, metrics, dirs["pseudo"], dirs["stage1"] / "best.safetensors")
     atomic_json(result, result_path)
     dist.barrier()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .corpora import load_corpus
-from .cv import claim_run_dir, fold_means, plot_confusion, summarize_folds
+from .cv import check_folds, claim_run_dir, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
@@ -224,10 +224,7 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     overrides = [*user, f"data.root={root}"]
     cfg = load_config(base, overrides)
     corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
-    available = [f.index for f in corpus.folds()]
-    folds = folds or available
-    if bad := [k for k in folds if k not in available]:
-        raise ConfigError(f"--folds: {corpus.name} has folds {available}, not {bad}")
+    folds = check_folds(corpus, folds)
     from .encoders import build_encoder
     every = systems(build_encoder(cfg.encoder.spec).num_layers)
     known = sorted({s.name for s in every})

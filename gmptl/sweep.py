@@ -23,9 +23,9 @@ from pathlib import Path
 
 from .config import load_config
 from .corpora import load_corpus
-from .cv import claim_run_dir, fold_means
+from .cv import check_folds, claim_run_dir, fold_means
 from .errors import ConfigError
-from .pipeline import run_fold
+from .pipeline import chosen_valid_uar, run_fold
 from .provenance import provenance
 from .train import atomic_json
 
@@ -80,8 +80,7 @@ def valid_uar(result: dict) -> float:
     validation UAR (stage 3, or stage 1 for plain fine-tuning), or the probe's best layer."""
     if "probe" in result:
         return max(result["probe"]["valid_uar_per_layer"])
-    stages = result["stages"]
-    return stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
+    return chosen_valid_uar(result["stages"])
 
 
 def summarize(out: Path, configs: list[list[str]], folds: list[int], command: str) -> dict:
@@ -128,10 +127,7 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
     configs = combinations(parse_grid(grid))
     cfgs = [load_config(config, [*overrides, *c]) for c in configs]  # every config checked before anything runs
     corpus = load_corpus(cfgs[0].data.corpus, cfgs[0].data.root, classes=cfgs[0].data.classes)
-    available = [f.index for f in corpus.folds()]
-    folds = folds or available
-    if bad := [k for k in folds if k not in available]:
-        raise ConfigError(f"--folds: {corpus.name} has folds {available}, not {bad}")
+    folds = check_folds(corpus, folds)
     if any(c.data.corpus != cfgs[0].data.corpus or c.data.root != cfgs[0].data.root
            or c.data.classes != cfgs[0].data.classes for c in cfgs):
         raise ConfigError("--grid: the corpus and its classes must be the same in every config")
