@@ -110,6 +110,14 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .cv import compare_runs, format_comparison
+
+    result = compare_runs(Path(args.a), Path(args.b), rounds=args.rounds)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .corpora import load_corpus, validation_split
@@ -307,6 +315,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="write sweep.json from the folds finished so far")
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="is run A better than run B? paired test over the test speakers")
+    p.add_argument("a", help="run directory A (gmptl cv --out, or one system or sweep config directory)")
+    p.add_argument("b", help="run directory B, tested on the same folds")
+    p.add_argument("--rounds", type=int, default=10000, help="bootstrap and permutation rounds (default 10000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="train a system on a whole corpus (or one fold) into a model directory")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")

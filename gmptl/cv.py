@@ -71,6 +71,77 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def read_fold_predictions(run: Path) -> dict[int, tuple[list[str], dict[str, dict]]]:
+    """``{fold: (labels, {utterance id: prediction row})}`` of a run directory's ``fold*/predictions.jsonl``."""
+    found = {}
+    for path in sorted(Path(run).glob("fold*/predictions.jsonl")):
+        fold = path.parent.name[4:]
+        result = path.parent / "result.json"
+        if not fold.isdigit() or not result.exists():
+            continue
+        labels = json.loads(result.read_text())["labels"]
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not JSON lines ({e})") from None
+        found[int(fold)] = (labels, {r["id"]: r for r in rows})
+    return found
+
+
+def compare_runs(a: Path, b: Path, rounds: int = 10000, seed: int = 0) -> dict:
+    """Paired comparison of two runs on the folds both finished (``metrics.paired_difference``).
+
+    ``a`` and ``b`` are run directories with ``fold{k}/predictions.jsonl`` and ``result.json``:
+    a ``gmptl cv`` run, one system of ``gmptl reproduce`` or one config of ``gmptl sweep``.
+    """
+    from .metrics import paired_difference, scores
+
+    preds_a, preds_b = read_fold_predictions(a), read_fold_predictions(b)
+    for run, preds in ((a, preds_a), (b, preds_b)):
+        if not preds:
+            raise ConfigError(f"{run}: no finished fold (fold*/predictions.jsonl with result.json)")
+    folds = sorted(set(preds_a) & set(preds_b))
+    if not folds:
+        raise ConfigError(f"{a} (folds {sorted(preds_a)}) and {b} (folds {sorted(preds_b)}) share no finished fold")
+    y, pa, pb, speakers, fold_of, per_fold = [], [], [], [], [], []
+    for k in folds:
+        (labels, rows_a), (labels_b, rows_b) = preds_a[k], preds_b[k]
+        if labels != labels_b:
+            raise ConfigError(f"fold {k}: {a} has classes {labels}, {b} has {labels_b}")
+        if rows_a.keys() != rows_b.keys():
+            raise ConfigError(f"fold {k}: {a} and {b} were tested on different utterances "
+                              f"({len(rows_a.keys() - rows_b.keys())} and {len(rows_b.keys() - rows_a.keys())} "
+                              "not in the other)")
+        index = {c: i for i, c in enumerate(labels)}
+        ids = sorted(rows_a)
+        ty = [index[rows_a[i]["emotion"]] for i in ids]
+        ta, tb = ([index[rows[i]["predicted"]] for i in ids] for rows in (rows_a, rows_b))
+        per_fold.append({"fold": k, "uar_a": scores(ty, ta, labels)["uar"], "uar_b": scores(ty, tb, labels)["uar"]})
+        y += ty
+        pa += ta
+        pb += tb
+        speakers += [rows_a[i]["speaker"] for i in ids]
+        fold_of += [k] * len(ids)
+    stats = paired_difference(y, pa, pb, speakers, fold_of, len(labels), rounds=rounds, seed=seed)
+    return {"a": str(a), "b": str(b), "per_fold": per_fold, **stats}
+
+
+def format_comparison(c: dict) -> str:
+    """The per-fold UARs of a ``compare_runs`` result and the difference with its interval and p-value."""
+    lines = [f"A = {c['a']}", f"B = {c['b']}",
+             f"{c['folds']} fold(s), {c['speakers']} test speakers, {c['utterances']} utterances", "",
+             f"{'fold':>6} {'UAR A':>7} {'UAR B':>7} {'A - B':>7}"]
+    for f in c["per_fold"]:
+        lines.append(f"{f['fold']:>6} {f['uar_a']:7.2f} {f['uar_b']:7.2f} {f['uar_a'] - f['uar_b']:+7.2f}")
+    lines.append("")
+    for m in ("uar", "war"):
+        lo, hi = c[f"{m}_ci"]
+        lines.append(f"{m.upper()} A - B: {c[f'{m}_diff']:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}] "
+                     f"(test speakers resampled), p = {c[f'p_{m}']:.3g} "
+                     f"(speakers' predictions swapped at random, {c['rounds']} rounds)")
+    return "\n".join(lines)
+
+
 def check_folds(corpus, folds: list[int] | None) -> list[int]:
     """``folds`` (all of the corpus's when None), each one checked to exist."""
     available = [f.index for f in corpus.folds()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, load_audio, stream_audio, to_mono_resampled, validate_waveform
+from .audio import load_audio, stream_audio, to_mono_resampled, validate_waveform
 from .modeldir import load_centroids, load_model_dir, load_pseudo_encoder
 
 GENDERS = ("female", "male")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .corpora import load_corpus
-from .cv import check_folds, claim_run_dir, fold_means, plot_confusion, summarize_folds
+from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
@@ -120,8 +120,28 @@ def collect(out: Path, plan: list[System], folds: list[int]) -> dict[str, list[d
     return found
 
 
+def paired_against(out: Path, chosen: list[System], reference: str = "finetune-ce") -> dict:
+    """Every system against ``reference`` on their common folds (``cv.compare_runs``): the difference
+    of the tables' means, its 95 % interval over the test speakers and the permutation p-value."""
+    ref = next((s for s in chosen if s.name == reference), None)
+    if ref is None:
+        return {}
+    paired = {}
+    for s in chosen:
+        if s is ref:
+            continue
+        try:
+            c = compare_runs(out / s.key, out / ref.key)
+        except ConfigError:  # no predictions (fold results only) or no common fold: nothing to pair
+            continue
+        paired[s.name] = {"folds": [f["fold"] for f in c["per_fold"]],
+                          **{k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}}
+    return {"reference": reference, "systems": paired} if paired else {}
+
+
 def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]], dest: Path, subset: bool,
-                  command: str, encoder: str, labels: list[str], pseudo_layer: int = -3) -> dict | None:
+                  command: str, encoder: str, labels: list[str], pseudo_layer: int = -3,
+                  out: Path | None = None) -> dict | None:
     """``dest/summary.json`` (and its plots) for the systems of one label set."""
     chosen = [s for s in plan if s.subset == subset and s.key in results]
     if not chosen:
@@ -143,7 +163,8 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
                "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
-               "pseudo_layer": pseudo_layer, "systems": entries}
+               "pseudo_layer": pseudo_layer, "systems": entries,
+               **({"paired": p} if out and (p := paired_against(out, chosen)) else {})}
     tmp = dest / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(dest / "summary.json")
@@ -173,7 +194,7 @@ def results_readme(summary: dict, command: str, subset: bool) -> str:
              "folds listed. Compute = the system's own steps and test, summed over folds (steps shared "
              "with another system count for both).", "",
              "Reproduce (resumes when interrupted; `--jobs N` runs folds in parallel):", "",
-             f"    {command}", "", format_tables(summary)]
+             f"    {command}", "", format_tables(summary), *format_paired(summary)]
     if "gmp-tl" in systems:
         lines += ["## gmp-tl: confusion matrix (summed over folds, rows normalised)", "",
                   "![confusion](confusion_gmp-tl.png)", ""]
@@ -185,6 +206,26 @@ def results_readme(summary: dict, command: str, subset: bool) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{f['uar']:.2f}" for f in e["folds"]) + " |")
     lines += ["", "## Commands", ""] + [f"- {name}: `{e['command']}`" for name, e in systems.items()]
     return "\n".join(lines) + "\n"
+
+
+def format_paired(summary: dict) -> list[str]:
+    """The README section of ``summary["paired"]``: is a system's difference to the reference real?"""
+    if not (paired := summary.get("paired")):
+        return []
+    ref = paired["reference"]
+    lines = [f"### Against `{ref}`, paired over the same test speakers", "",
+             f"Difference of the mean UAR / WAR (system minus `{ref}`), its 95 % interval from a bootstrap "
+             "over the test speakers, and the p-value of a permutation test that swaps the two systems' "
+             "predictions of each speaker at random (`gmptl compare RUN_A RUN_B`). Both measure how much "
+             "the difference could owe to which speakers were tested, not to training randomness: for that, "
+             "compare two runs of one configuration (Table 3's rerun of gmp-tl's layer, where present).", "",
+             "| system | folds | UAR diff | 95 % CI | p | WAR diff | 95 % CI | p |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, c in paired["systems"].items():
+        cells = [f"{c[f'{m}_diff']:+.2f} | [{c[f'{m}_ci'][0]:+.2f}, {c[f'{m}_ci'][1]:+.2f}] | {c[f'p_{m}']:.3f}"
+                 for m in ("uar", "war")]
+        lines.append(f"| {name} | {','.join(map(str, c['folds']))} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
 
 
 def plot_folds(entries: dict, path: Path, title: str) -> None:
@@ -248,9 +289,9 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
-                                 cfg.pseudo.layer),
+                                 cfg.pseudo.layer, out),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
-                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer)}
+                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out)}
 
 
 def format_tables(summary: dict) -> str:

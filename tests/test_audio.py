@@ -1,6 +1,5 @@
 """The loader on generated files: formats, down-mix and resampling, every bad input, streaming."""
 
-import os
 
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ import logging
 from collections import Counter
 
 import pytest
-from fixtures_corpora import (CREMAD_SEXES, SECONDS, make_cremad, make_emodb, make_iemocap, make_ravdess,
+from fixtures_corpora import (SECONDS, make_cremad, make_emodb, make_iemocap, make_ravdess,
                               write_audio)
 
 from gmptl import corpora

@@ -42,8 +42,18 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
         assert entry["wall_s"] > 0 and entry["command"].startswith("gmptl reproduce ravdess")
     four = json.loads((results.with_name("ravdess4") / "summary.json").read_text())
     assert set(four["systems"]) == {"finetune-ce", "gmp-tl"} and four["classes"] == ["neutral", "happy", "sad", "angry"]
+    paired = summary["paired"]
+    assert paired["reference"] == "finetune-ce" and set(paired["systems"]) == set(summary["systems"]) - {"finetune-ce"}
+    gmp = paired["systems"]["gmp-tl"]
+    assert gmp["uar_diff"] == pytest.approx(summary["systems"]["gmp-tl"]["uar_mean"]
+                                            - summary["systems"]["finetune-ce"]["uar_mean"])
+    assert gmp["uar_ci"][0] <= gmp["uar_diff"] <= gmp["uar_ci"][1] and 0 < gmp["p_uar"] <= 1
+    assert paired["systems"]["gmps+hybrid-ft"] == gmp  # the same model: the same comparison
+    assert set(four["paired"]["systems"]) == {"gmp-tl"}
     page = (results / "README.md").read_text()
     assert "| gmp-tl | 1,2 |" in page and "Table 2" in page
+    assert "### Against `finetune-ce`, paired over the same test speakers" in page
+    assert f"| gmp-tl | 1,2 | {gmp['uar_diff']:+.2f} | [{gmp['uar_ci'][0]:+.2f}, {gmp['uar_ci'][1]:+.2f}] |" in page
     assert (results / "confusion_gmp-tl.png").stat().st_size > 0 and (results / "folds.png").stat().st_size > 0
 
     # Resume: with every result present, two workers find nothing to do and the summary is unchanged.
