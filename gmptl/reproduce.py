@@ -222,8 +222,8 @@ def format_paired(summary: dict) -> list[str]:
              "| system | folds | UAR diff | 95 % CI | p | WAR diff | 95 % CI | p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in paired["systems"].items():
-        cells = [f"{c[f'{m}_diff']:+.2f} | [{c[f'{m}_ci'][0]:+.2f}, {c[f'{m}_ci'][1]:+.2f}] | {c[f'p_{m}']:.3f}"
-                 for m in ("uar", "war")]
+        cells = [f"{c[f'{m}_diff']:+.2f} | [{c[f'{m}_ci'][0]:+.2f}, {c[f'{m}_ci'][1]:+.2f}] | "
+                 + (f"{c[f'p_{m}']:.3f}" if c[f"p_{m}"] >= 0.001 else "< 0.001") for m in ("uar", "war")]
         lines.append(f"| {name} | {','.join(map(str, c['folds']))} | {cells[0]} | {cells[1]} |")
     return lines + [""]
 
