@@ -63,15 +63,17 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
     np.add.at(hits_b, (spk, y), b == y)
     fold_ids = np.unique(fold_of)
 
-    def war_uar(weights, hits):
-        """(R, S) speaker weights, (R, S, C) or (S, C) hits -> (R,) WAR and UAR: each fold's, averaged
-        over the folds weighted by how many of their speakers were drawn (equal weights for the
-        observed folds)."""
+    def war_uar(weights, hits, swap=None, other=None):
+        """(R, S) speaker weights and (S, C) hits -> (R,) WAR and UAR: each fold's, averaged over the
+        folds weighted by how many of their speakers were drawn (equal weights for the observed
+        folds). With ``swap`` (R, S) in {0, 1}, swapped speakers score ``other``'s hits."""
         war, uar, drawn = 0.0, 0.0, 0.0
         for f in fold_ids:
             m = fold_of == f
             sup = weights[:, m] @ support[m]                                      # (R, C)
-            hit = np.einsum("rs,rsc->rc", weights[:, m], hits[:, m]) if hits.ndim == 3 else weights[:, m] @ hits[m]
+            hit = weights[:, m] @ hits[m]
+            if swap is not None:
+                hit = hit + swap[:, m] @ (other[m] - hits[m])
             present = sup > 0
             n = weights[:, m].sum(1)
             war = war + n * hit.sum(1) / np.maximum(sup.sum(1), 1)
@@ -86,9 +88,10 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
     boot = rng.multinomial(len(spk_names), np.full(len(spk_names), 1 / len(spk_names)), size=rounds).astype(float)
     war_ba, uar_ba = war_uar(boot, hits_a)
     war_bb, uar_bb = war_uar(boot, hits_b)
-    swap = rng.random((rounds, len(spk_names), 1)) < 0.5
-    war_pa, uar_pa = war_uar(np.ones((rounds, len(spk_names))), np.where(swap, hits_b, hits_a))
-    war_pb, uar_pb = war_uar(np.ones((rounds, len(spk_names))), np.where(swap, hits_a, hits_b))
+    swap = (rng.random((rounds, len(spk_names))) < 0.5).astype(float)
+    every = np.ones((rounds, len(spk_names)))
+    war_pa, uar_pa = war_uar(every, hits_a, swap, hits_b)
+    war_pb, uar_pb = war_uar(every, hits_b, swap, hits_a)
 
     def p_value(observed, permuted):
         return float((1 + np.sum(np.abs(permuted) >= abs(observed) - 1e-9)) / (1 + rounds))
