@@ -113,8 +113,14 @@ def cmd_sweep(args) -> int:
 def cmd_compare(args) -> int:
     from .cv import compare_runs, format_comparison
 
+    from .provenance import provenance
+
     result = compare_runs(Path(args.a), Path(args.b), rounds=args.rounds)
-    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    if args.json:
+        command = " ".join(["gmptl compare", args.a, args.b, "--rounds", str(args.rounds), "--json"])
+        print(json.dumps({**result, "command": command, **provenance()}, indent=2))
+    else:
+        print(format_comparison(result))
     return 0
 
 

@@ -116,7 +116,9 @@ def test_compare_runs_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UAR A - B: +" in out and "95 % CI" in out and "2 fold(s), 4 test speakers, 16 utterances" in out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--rounds", "100", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["uar_diff"] == pytest.approx(c["uar_diff"])
+    record = json.loads(capsys.readouterr().out)
+    assert record["uar_diff"] == pytest.approx(c["uar_diff"])
+    assert record["command"].startswith("gmptl compare ") and {"commit", "machine", "date"} <= set(record)
 
 
 def test_compare_refuses_runs_that_cannot_be_paired(tmp_path):
