@@ -112,7 +112,6 @@ def cmd_sweep(args) -> int:
 
 def cmd_compare(args) -> int:
     from .cv import compare_runs, format_comparison
-
     from .provenance import provenance
 
     result = compare_runs(Path(args.a), Path(args.b), rounds=args.rounds)

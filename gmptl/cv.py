@@ -84,6 +84,11 @@ def read_fold_predictions(run: Path) -> dict[int, tuple[list[str], dict[str, dic
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not JSON lines ({e})") from None
+        for n, r in enumerate(rows, 1):
+            if not isinstance(r, dict) or not {"id", "speaker", "emotion", "predicted"} <= set(r):
+                raise ConfigError(f"{path}: line {n} lacks id, speaker, emotion or predicted")
+            if r["emotion"] not in labels or r["predicted"] not in labels:
+                raise ConfigError(f"{path}: line {n}: label not among the run's classes {labels}")
         found[int(fold)] = (labels, {r["id"]: r for r in rows})
     return found
 
@@ -96,6 +101,8 @@ def compare_runs(a: Path, b: Path, rounds: int = 10000, seed: int = 0) -> dict:
     """
     from .metrics import paired_difference, scores
 
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds}: give at least 1")
     preds_a, preds_b = read_fold_predictions(a), read_fold_predictions(b)
     for run, preds in ((a, preds_a), (b, preds_b)):
         if not preds:

@@ -132,3 +132,9 @@ def test_compare_refuses_runs_that_cannot_be_paired(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no finished fold"):
         compare_runs(tmp_path / "empty", tmp_path / "a")
+    (tmp_path / "a" / "fold1" / "predictions.jsonl").write_text('{"id": "x", "speaker": "s", "emotion": "joy", '
+                                                                '"predicted": "sad"}\n')
+    with pytest.raises(ConfigError, match="fold1/predictions.jsonl: line 1: label not among"):
+        compare_runs(tmp_path / "a", tmp_path / "c")
+    with pytest.raises(ConfigError, match="--rounds 0"):
+        compare_runs(tmp_path / "c", tmp_path / "c", rounds=0)
