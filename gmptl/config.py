@@ -24,6 +24,8 @@ class DataConfig:
     root: str = ""                     # corpus directory (a CSV/JSONL file for manifest)
     classes: list[str] | None = None   # label subset, in this order; None: the corpus's own
     valid_fraction: float = 0.1        # share of training speakers held out for validation
+    valid_by_fold: bool = False        # True: the split's seed is train.seed + fold, so folds validate on
+                                       # different speakers (False: one seed, the same speakers recur)
     max_seconds: float = 4.0           # training crop (ours: 4 s keeps a CPU epoch near 90 s)
     eval_max_seconds: float = 30.0     # evaluation sees whole utterances up to this
 

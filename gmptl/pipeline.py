@@ -103,7 +103,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
-ADDED = [("pseudo", "kmeans", "full")]
+ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -294,10 +294,16 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     return result
 
 
+def fold_split(cfg: Config, fold) -> tuple[list, list]:
+    """A fold's training speakers split into training and validation speakers (``data.valid_by_fold``)."""
+    seed = cfg.train.seed + (fold.index if cfg.data.valid_by_fold else 0)
+    return validation_split(fold.train, cfg.data.valid_fraction, seed=seed)
+
+
 def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path, shared: Path | None = None) -> dict:
     """The configured system on fold ``k``: validation speakers from its training speakers, test on its own."""
     fold = corpus.fold(k)
-    train_utts, valid_utts = validation_split(fold.train, cfg.data.valid_fraction, seed=cfg.train.seed)
+    train_utts, valid_utts = fold_split(cfg, fold)
     log.info("fold %d: test speakers %s", k, ", ".join(fold.test_speakers))
     return run_split(cfg, corpus.labels, train_utts, valid_utts, fold.test, out,
                      {"fold": k, "test_speakers": fold.test_speakers}, shared=shared and shared / f"fold{k}")

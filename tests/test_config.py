@@ -75,7 +75,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
 
     dirs = step_dirs(load_config(), tmp_path, shared=tmp_path, key="fold1")
     old = load_config().to_dict()
-    del old["pseudo"]["kmeans"]  # the config as it was before the option
+    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"]  # the config as it was before the options
     old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
     common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
     before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
@@ -83,5 +83,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     assert dirs["pseudo"].name == f"pseudo-{digest}"
     fast = step_dirs(load_config(None, ["pseudo.kmeans=fast"]), tmp_path, shared=tmp_path, key="fold1")
     assert fast["stage1"] == dirs["stage1"] and fast["pseudo"] != dirs["pseudo"] and fast["stage3"] != dirs["stage3"]
+    by_fold = step_dirs(load_config(None, ["data.valid_by_fold=true"]), tmp_path, shared=tmp_path, key="fold1")
+    assert by_fold["stage1"] != dirs["stage1"]  # other validation speakers: another stage 1
     with pytest.raises(ConfigError, match="pseudo.kmeans must be"):
         load_config(None, ["pseudo.kmeans=quick"])

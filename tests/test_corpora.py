@@ -3,6 +3,7 @@
 import json
 import logging
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from fixtures_corpora import (SECONDS, make_cremad, make_emodb, make_iemocap, make_ravdess,
@@ -331,6 +332,24 @@ def test_validation_split_holds_out_training_speakers(tmp_path):
 
     half = {u.speaker: u.gender for u in validation_split(fold.train, 0.5, seed=3)[1]}
     assert Counter(half.values()) == {"female": 5, "male": 5}
+
+
+def test_validation_speakers_recur_across_folds_unless_seeded_by_fold(tmp_path):
+    from gmptl.config import load_config
+    from gmptl.pipeline import fold_split
+
+    corpus = load_corpus("ravdess", make_ravdess(tmp_path))
+    distinct = {}
+    for by_fold in (False, True):
+        cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", [f"data.valid_by_fold={by_fold}"])
+        speakers = set()
+        for fold in corpus.folds():
+            rest, valid = fold_split(cfg, fold)
+            held = {u.speaker for u in valid}
+            assert len(held) == 2 and not held & set(fold.test_speakers) and not held & {u.speaker for u in rest}
+            speakers |= held
+        distinct[by_fold] = len(speakers)
+    assert distinct[False] <= 4 < distinct[True]  # the real RAVDESS folds: 4 distinct actors with one seed
 
 
 def utterances(genders: str) -> list[Utterance]:
