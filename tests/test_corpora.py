@@ -13,6 +13,8 @@ from gmptl import corpora
 from gmptl.corpora import CORPORA, Utterance, load_corpus, summarize, validation_split
 from gmptl.errors import CorpusError
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def by_id(corpus):
     return {u.id: u for u in corpus.utterances}
