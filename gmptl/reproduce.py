@@ -174,6 +174,8 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
                        f"gmp-tl on {recipe}, folds {','.join(str(f['fold']) for f in e['folds'])}: "
                        f"UAR {e['uar_mean']:.1f}")
     plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
+    if summary.get("paired"):
+        plot_paired(summary["paired"], dest / "paired.png", f"{recipe}, {len(labels)} classes")
     (dest / "README.md").write_text(results_readme(summary, command, subset))
     return summary
 
@@ -219,6 +221,7 @@ def format_paired(summary: dict) -> list[str]:
              "predictions of each speaker at random (`gmptl compare RUN_A RUN_B`). Both measure how much "
              "the difference could owe to which speakers were tested, not to training randomness: for that, "
              "compare two runs of one configuration (Table 3's rerun of gmp-tl's layer, where present).", "",
+             "![paired](paired.png)", "",
              "| system | folds | UAR diff | 95 % CI | p | WAR diff | 95 % CI | p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, c in paired["systems"].items():
@@ -226,6 +229,30 @@ def format_paired(summary: dict) -> list[str]:
                  + (f"{c[f'p_{m}']:.3f}" if c[f"p_{m}"] >= 0.001 else "< 0.001") for m in ("uar", "war")]
         lines.append(f"| {name} | {','.join(map(str, c['folds']))} | {cells[0]} | {cells[1]} |")
     return lines + [""]
+
+
+def plot_paired(paired: dict, path: Path, title: str) -> None:
+    """Each system's UAR difference to the reference with its 95 % interval, one row per system."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(paired["systems"])[::-1]
+    rows = [paired["systems"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(6.5, 0.38 * len(names) + 1.3))
+    for i, c in enumerate(rows):
+        lo, hi = c["uar_ci"]
+        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+        ax.plot([lo, hi], [i, i], color=color, lw=2)
+        ax.plot(c["uar_diff"], i, "o", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel(f"UAR minus {paired['reference']} (points), 95 % interval over test speakers")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_folds(entries: dict, path: Path, title: str) -> None:

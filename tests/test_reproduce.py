@@ -55,6 +55,7 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
     assert "### Against `finetune-ce`, paired over the same test speakers" in page
     assert f"| gmp-tl | 1,2 | {gmp['uar_diff']:+.2f} | [{gmp['uar_ci'][0]:+.2f}, {gmp['uar_ci'][1]:+.2f}] |" in page
     assert (results / "confusion_gmp-tl.png").stat().st_size > 0 and (results / "folds.png").stat().st_size > 0
+    assert (results / "paired.png").stat().st_size > 0 and "![paired](paired.png)" in page
 
     # Resume: with every result present, two workers find nothing to do and the summary is unchanged.
     before = {p: p.stat().st_mtime for p in out.rglob("result.json")}
