@@ -1,0 +1,87 @@
+"""How much emotion a linear probe finds in the encoder after each stage, on one fold.
+
+    python results/ravdess/probe_stages.py --root DIR [--run runs/reproduce-ravdess] [--fold 1] \\
+        [--users runs/table3-cpu-fold1]
+
+For the pretrained encoder and for each finished step checkpoint of one fold
+(``RUN/steps/fold<k>/stage*-*/best.safetensors`` with ``done.json``), the encoder
+is frozen and probed as the ``frozen-probe`` system probes the pretrained one:
+mean and standard deviation of every layer, logistic regression, layer and C
+chosen by cross-validation over the fold's 20 training actors. Writes
+``probe_stages.json`` beside this file: per encoder, the systems whose results
+name that step (searched in RUN and in ``--users``), the chosen layer and C, the
+cross-validation UAR per layer, and the UAR on the fold's test actors.
+
+The fine-tuned encoders were trained on the training actors' labels (stages 1 and
+3) or on pseudo-labels made from such an encoder (stage 2), so their
+cross-validation scores are inflated; the test actors are the only fair comparison
+between encoders here. Nothing is chosen from this: it is a measurement of what
+each stage does to the representation.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+from gmptl.baselines import probe
+from gmptl.config import load_config
+from gmptl.corpora import load_corpus
+from gmptl.data import AudioSet
+from gmptl.metrics import scores
+from gmptl.pipeline import fold_split, new_encoder
+from gmptl.provenance import provenance
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def users(step: Path, runs: list[Path], fold: int) -> list[str]:
+    """The systems (``RUN/<system>``) whose fold result names ``step`` as one of its steps."""
+    found = []
+    for run in runs:
+        for result in sorted(run.glob(f"*/fold{fold}/result.json")):
+            dirs = json.loads(result.read_text()).get("step_dirs", {})
+            if any(Path(d).name == step.name for d in dirs.values()):
+                found.append(f"{run.name}/{result.parts[-3]}")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="the RAVDESS directory the run used")
+    parser.add_argument("--run", type=Path, default=Path("runs/reproduce-ravdess"))
+    parser.add_argument("--fold", type=int, default=1)
+    parser.add_argument("--users", type=Path, nargs="*", default=[], help="other run directories using RUN's steps")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("probe_stages.json"))
+    args = parser.parse_args()
+    cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", [f"data.root={args.root}"])
+    corpus = load_corpus("ravdess", args.root)
+    fold = corpus.fold(args.fold)
+    train_utts, valid_utts = fold_split(cfg, fold)
+    train, valid, test = (AudioSet(u, corpus.labels, name) for u, name in
+                          ((train_utts, "train"), (valid_utts, "valid"), (fold.test, "test")))
+    steps = sorted(p.parent for p in (args.run / "steps" / f"fold{args.fold}").glob("stage*-*/best.safetensors")
+                   if (p.parent / "done.json").exists())
+    rows = {}
+    for step in [None, *steps]:
+        encoder = new_encoder(cfg)
+        if step is not None:
+            state = load_file(step / "best.safetensors")
+            encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+        found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed,
+                      select="speaker-cv", cs=[0.001, 0.01, 0.1, 1.0])
+        name = "pretrained" if step is None else step.name
+        rows[name] = {"used_by": [] if step is None else users(step, [args.run, *args.users], args.fold),
+                      "layer": found["layer"], "c": found["c"],
+                      "cv_uar_per_layer": [round(u, 2) for u in found["valid_uar_per_layer"]],
+                      "test_uar": round(scores(test.emotion, found["predictions"], corpus.labels)["uar"], 2)}
+        print(name, rows[name], file=sys.stderr, flush=True)
+        args.out.write_text(json.dumps({"fold": args.fold, "command": " ".join(["python", *sys.argv]),
+                                        **provenance(), "encoders": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
