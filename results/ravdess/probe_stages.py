@@ -39,12 +39,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def users(step: Path, runs: list[Path], fold: int) -> list[str]:
-    """The systems (``RUN/<system>``) whose fold result names ``step`` as one of its steps."""
+    """The systems (``RUN/<system>``) whose fold result used this very checkpoint. A run on another
+    machine may name a step of the same digest (the same config), but its weights stayed there:
+    only results that name this path count."""
     found = []
     for run in runs:
         for result in sorted(run.glob(f"*/fold{fold}/result.json")):
             dirs = json.loads(result.read_text()).get("step_dirs", {})
-            if any(Path(d).name == step.name for d in dirs.values()):
+            if any(Path(d).resolve() == step.resolve() for d in dirs.values()):
                 found.append(f"{run.name}/{result.parts[-3]}")
     return found
 
