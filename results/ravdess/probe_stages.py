@@ -24,7 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from safetensors.torch import load_file
 
 from gmptl.baselines import probe
