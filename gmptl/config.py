@@ -88,6 +88,8 @@ class ProbeConfig:
 class TrainConfig:
     lr: float = 1e-4                   # Adam (paper)
     head_lr: float | None = None       # None: same as lr
+    frozen_epochs: int = 0             # first epochs of every stage train the heads only, the encoder frozen
+                                       # (LP-FT, Kumar et al. 2022: less distortion of the pretrained features); ours
     batch_size: int = 64               # effective batch (paper), reached by accumulation
     micro_batch: int = 16              # utterances per forward pass
     grad_clip: float = 5.0
@@ -124,6 +126,7 @@ class Config:
             (0.0 <= self.stage2.mask_prob <= 1.0, "stage2.mask_prob must be in [0, 1]"),
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
+            (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),
             (0.0 < self.data.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)"),

@@ -120,7 +120,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     a run killed at any moment resumes from the last finished epoch and, since each
     epoch's shuffling and crops are seeded by (seed, epoch) and each micro-batch's
     masks and dropout by (seed, epoch, micro-batch), ends with the same weights as
-    an uninterrupted run. A finished stage is skipped.
+    an uninterrupted run. A finished stage is skipped. The first ``cfg.frozen_epochs``
+    epochs train the heads only (LP-FT).
 
     Under torchrun (see ``gmptl.dist``) the micro-batches of every optimizer step
     are dealt out to the ranks and their gradients summed before the step: the
@@ -146,8 +147,12 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
 
     accumulate = cfg.batch_size // cfg.micro_batch
     logfile = out_dir / "log.jsonl"
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]  # a frozen front-end stays frozen
     while state["epoch"] < stage.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
+        frozen = epoch <= cfg.frozen_epochs  # LP-FT: the heads learn first, on the pretrained features
+        for p in encoder:
+            p.requires_grad_(not frozen)
         rng = np.random.default_rng([cfg.seed, epoch])  # order, crops
         batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
         padding = 1 - sum(float(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
@@ -189,7 +194,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
                   "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
                   "train_audio_s_per_s": round(audio_s / train_s, 1),
-                  "padding": round(padding, 4),
+                  "padding": round(padding, 4), "encoder_frozen": frozen,
                   **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
         improved = metrics["score"] > state["best"]
         state.update(epoch=epoch, history=state["history"] + [record])
@@ -209,6 +214,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
                  record["train_loss"], metrics["score"], " *" if improved else "", train_s)
 
+    for p in encoder:  # the next stage may train this encoder
+        p.requires_grad_(True)
     model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_score": state["best"], "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),

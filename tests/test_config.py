@@ -75,7 +75,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
 
     dirs = step_dirs(load_config(), tmp_path, shared=tmp_path, key="fold1")
     old = load_config().to_dict()
-    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"]  # the config as it was before the options
+    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]  # before the options
     old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
     common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
     before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
@@ -85,5 +85,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     assert fast["stage1"] == dirs["stage1"] and fast["pseudo"] != dirs["pseudo"] and fast["stage3"] != dirs["stage3"]
     by_fold = step_dirs(load_config(None, ["data.valid_by_fold=true"]), tmp_path, shared=tmp_path, key="fold1")
     assert by_fold["stage1"] != dirs["stage1"]  # other validation speakers: another stage 1
+    lp_ft = step_dirs(load_config(None, ["train.frozen_epochs=2"]), tmp_path, shared=tmp_path, key="fold1")
+    assert lp_ft["stage1"] != dirs["stage1"]
     with pytest.raises(ConfigError, match="pseudo.kmeans must be"):
         load_config(None, ["pseudo.kmeans=quick"])

@@ -1,0 +1,60 @@
+"""The training loop's options on a tiny random encoder: LP-FT's frozen first epochs."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmptl.config import load_config
+from gmptl.corpora import load_corpus
+from gmptl.data import AudioSet
+from gmptl.errors import ConfigError
+from gmptl.pipeline import classifier, new_encoder, stage1_loss
+from gmptl.train import Stage, fit
+from synth_corpus import make_corpus
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def train_set(tmp_path_factory) -> AudioSet:
+    corpus = load_corpus("manifest", str(make_corpus(tmp_path_factory.mktemp("corpus"), speakers=4, per_class=2)))
+    return AudioSet(corpus.fold(1).train, corpus.labels, "train")
+
+
+def run(train_set, out: Path, overrides: list[str]):
+    """Stage 1 of the tiny config; validation always improves, so the last epoch's weights are kept."""
+    cfg = load_config(CONFIG, ["train.device=cpu", "train.patience=5", *overrides])
+    torch.manual_seed(0)
+    model = classifier(cfg, new_encoder(cfg), len(train_set.labels), gender=True, kind="linear")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    counter = itertools.count()
+    summary = fit(Stage("stage1", model, stage1_loss(0.9), lambda m: {"score": float(next(counter))},
+                        cfg.stage1.epochs), train_set, cfg.train, 1.0, out)
+    moved = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, start[k])}
+    return model, summary, moved
+
+
+def test_frozen_epochs_train_the_heads_first_then_the_encoder(train_set, tmp_path):
+    model, summary, moved = run(train_set, tmp_path / "a", ["train.frozen_epochs=1", "stage1.epochs=1"])
+    assert [r["encoder_frozen"] for r in summary["history"]] == [True]
+    assert moved and "encoder" not in moved, "the encoder moved while frozen"
+    frontend = {id(p) for p in model.encoder.frontend_parameters()}
+    assert frontend and all(p.requires_grad != (id(p) in frontend) for p in model.encoder.parameters()), \
+        "after the stage the encoder trains again and the front-end stays frozen"
+
+    _, summary, moved = run(train_set, tmp_path / "b", ["train.frozen_epochs=1", "stage1.epochs=2"])
+    assert [r["encoder_frozen"] for r in summary["history"]] == [True, False]
+    assert "encoder" in moved
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["encoder_frozen"] for r in log] == [True, False]
+
+    _, summary, moved = run(train_set, tmp_path / "c", ["stage1.epochs=1"])  # the default: no frozen epoch
+    assert [r["encoder_frozen"] for r in summary["history"]] == [False] and "encoder" in moved
+
+
+def test_frozen_epochs_must_not_be_negative():
+    with pytest.raises(ConfigError, match="train.frozen_epochs must be >= 0"):
+        load_config(None, ["train.frozen_epochs=-1"])
