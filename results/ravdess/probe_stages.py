@@ -14,6 +14,12 @@ chosen by cross-validation over the fold's 20 training actors. Writes
 name that step (searched in RUN and in ``--users``), the chosen layer and C, the
 cross-validation UAR per layer, and the UAR on the fold's test actors.
 
+With ``--heads C`` each fine-tuned classifier (the stage-1 and stage-3 steps) is
+scored twice on the test actors: by its own head, and by a probe with that C of
+its pooled BiLSTM output (the input of its LinearP), fitted on the training and
+validation actors. Together with ``--per-layer`` this says whether a weak test
+score comes from the encoder, the BiLSTM or the classifier on top.
+
 With ``--per-layer C`` nothing is chosen: every layer is probed with that C (0.01,
 the value the speaker cross-validation chose for the pretrained encoder in every
 fold), fitted on the training and validation actors, and the test UAR of every
@@ -36,12 +42,14 @@ from safetensors.torch import load_file
 
 import numpy as np
 
+import torch
+
 from gmptl.baselines import fit_probe, pooled_layers, probe
 from gmptl.config import load_config
 from gmptl.corpora import load_corpus
-from gmptl.data import AudioSet
+from gmptl.data import AudioSet, epoch_batches
 from gmptl.metrics import scores
-from gmptl.pipeline import fold_split, new_encoder
+from gmptl.pipeline import classifier, fold_split, new_encoder
 from gmptl.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +89,34 @@ def per_layer(encoder, train, valid, test, cfg, c: float) -> list[float]:
                          test.labels)["uar"], 2) for i in range(x.shape[1])]
 
 
+@torch.no_grad()
+def head_outputs(model, data: AudioSet, max_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's emotion scores (N, C) and pooled BiLSTM outputs (N, 2 * hidden), in ``data`` order."""
+    model.eval()
+    emotion, pooled = np.zeros((len(data), len(data.labels))), np.zeros((len(data), model.pool.output_size))
+    for batch in epoch_batches(data, 16, max_seconds, rng=None):
+        out = model(batch.waves, batch.lengths)
+        emotion[batch.index.numpy()], pooled[batch.index.numpy()] = out["emotion"].numpy(), out["pooled"].numpy()
+    return emotion, pooled
+
+
+def heads(cfg, step: Path, train, valid, test, c: float) -> dict | None:
+    """Test UAR of a step's own head and of a probe of its pooled output; None for stage 2 (no classifier)."""
+    state = load_file(step / "best.safetensors")
+    if not any(k.startswith("emotion.") for k in state):
+        return None
+    kind = "amsoftmax" if "amsoftmax.weight" in state else "linear"
+    model = classifier(cfg, new_encoder(cfg), len(test.labels), gender=any(k.startswith("gender.") for k in state),
+                       kind=kind)
+    model.load_state_dict(state)
+    (_, x_train), (_, x_valid), (own, x_test) = (head_outputs(model, d, cfg.data.eval_max_seconds)
+                                                 for d in (train, valid, test))
+    fitted = fit_probe(np.concatenate([x_train, x_valid]), np.concatenate([train.emotion, valid.emotion]),
+                       cfg.train.seed, c)
+    uar = lambda pred: round(scores(test.emotion, pred, test.labels)["uar"], 2)  # noqa: E731
+    return {"classifier": kind, "own_head_test_uar": uar(own.argmax(1)), "pooled_probe_test_uar": uar(fitted.predict(x_test))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="the RAVDESS directory the run used")
@@ -88,22 +124,28 @@ def main() -> None:
     parser.add_argument("--fold", "--folds", dest="folds", default="1", help="one fold or a list: 1,2,3")
     parser.add_argument("--users", type=Path, nargs="*", default=[], help="other run directories using RUN's steps")
     parser.add_argument("--per-layer", type=float, metavar="C", help="probe every layer with this C, choose nothing")
+    parser.add_argument("--heads", type=float, metavar="C", help="each classifier's own head against a probe of its pooling")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("probe_stages.json"))
     args = parser.parse_args()
     cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", [f"data.root={args.root}"])
     corpus = load_corpus("ravdess", args.root)
     record = {"command": " ".join(["python", *sys.argv]), **provenance()}
-    if args.per_layer:
-        record.update(c=args.per_layer, folds={})
+    fixed = args.per_layer or args.heads
+    if fixed:
+        record.update(c=fixed, folds={})
     for k in [int(f) for f in args.folds.split(",")]:
         fold = corpus.fold(k)
         train_utts, valid_utts = fold_split(cfg, fold)
         train, valid, test = (AudioSet(u, corpus.labels, name) for u, name in
                               ((train_utts, "train"), (valid_utts, "valid"), (fold.test, "test")))
-        rows = record["folds"].setdefault(str(k), {}) if args.per_layer else record.setdefault("encoders", {})
+        rows = record["folds"].setdefault(str(k), {}) if fixed else record.setdefault("encoders", {})
         for name, step, encoder in encoders(cfg, args.run, k):
             row = {"used_by": [] if step is None else users(step, [args.run, *args.users], k)}
-            if args.per_layer:
+            if args.heads:
+                if step is None or (found := heads(cfg, step, train, valid, test, args.heads)) is None:
+                    continue
+                row.update(found)
+            elif args.per_layer:
                 row["test_uar_per_layer"] = per_layer(encoder, train, valid, test, cfg, args.per_layer)
             else:
                 found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed,
