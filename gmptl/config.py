@@ -88,6 +88,7 @@ class ProbeConfig:
 class TrainConfig:
     lr: float = 1e-4                   # Adam (paper)
     head_lr: float | None = None       # None: same as lr
+    head_weight_decay: float = 0.0     # decoupled (AdamW-style) weight decay of the heads only; ours
     frozen_epochs: int = 0             # first epochs of every stage train the heads only, the encoder frozen
                                        # (LP-FT, Kumar et al. 2022: less distortion of the pretrained features); ours
     batch_size: int = 64               # effective batch (paper), reached by accumulation
@@ -127,6 +128,7 @@ class Config:
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
+            (self.train.head_weight_decay >= 0, "train.head_weight_decay must be >= 0"),
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),
             (0.0 < self.data.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)"),

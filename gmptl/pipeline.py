@@ -103,7 +103,8 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
-ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0)]
+ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
+         ("train", "head_weight_decay", 0.0)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:

@@ -89,8 +89,9 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Adam:
     head = {id(p) for p in model.head_parameters()}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
     heads = [p for p in model.head_parameters() if p.requires_grad]
-    return torch.optim.Adam([{"params": encoder, "lr": cfg.lr},
-                             {"params": heads, "lr": cfg.head_lr or cfg.lr}])
+    return torch.optim.Adam([{"params": encoder, "lr": cfg.lr, "weight_decay": 0.0},
+                             {"params": heads, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.head_weight_decay}],
+                            decoupled_weight_decay=True)  # 0 (the default): plain Adam, as in the paper
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:

@@ -75,7 +75,8 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
 
     dirs = step_dirs(load_config(), tmp_path, shared=tmp_path, key="fold1")
     old = load_config().to_dict()
-    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]  # before the options
+    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]
+    del old["train"]["head_weight_decay"]  # the config as it was before these options
     old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
     common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
     before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}

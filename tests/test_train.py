@@ -1,4 +1,4 @@
-"""The training loop's options on a tiny random encoder: LP-FT's frozen first epochs."""
+"""The training loop's options on a tiny random encoder: LP-FT's frozen first epochs, the heads' weight decay."""
 
 import itertools
 import json
@@ -12,7 +12,7 @@ from gmptl.corpora import load_corpus
 from gmptl.data import AudioSet
 from gmptl.errors import ConfigError
 from gmptl.pipeline import classifier, new_encoder, stage1_loss
-from gmptl.train import Stage, fit
+from gmptl.train import Stage, fit, make_optimizer
 from synth_corpus import make_corpus
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -58,3 +58,20 @@ def test_frozen_epochs_train_the_heads_first_then_the_encoder(train_set, tmp_pat
 def test_frozen_epochs_must_not_be_negative():
     with pytest.raises(ConfigError, match="train.frozen_epochs must be >= 0"):
         load_config(None, ["train.frozen_epochs=-1"])
+
+
+def test_head_weight_decay_shrinks_the_heads_only():
+    cfg = load_config(CONFIG, ["train.head_weight_decay=0.5", "train.lr=0.1"])
+    torch.manual_seed(0)
+    model = classifier(cfg, new_encoder(cfg), 4, gender=True, kind="linear")
+    start = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    opt = make_optimizer(model, cfg.train)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()  # no gradient: only the decay moves weights, by the factor 1 - lr * decay
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            expected = start[name] * (1 - 0.1 * 0.5) if not name.startswith("encoder.") else start[name]
+            assert torch.allclose(p, expected), name
+    with pytest.raises(ConfigError, match="train.head_weight_decay must be >= 0"):
+        load_config(None, ["train.head_weight_decay=-0.1"])
