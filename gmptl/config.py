@@ -88,7 +88,8 @@ class ProbeConfig:
 class TrainConfig:
     lr: float = 1e-4                   # Adam (paper)
     head_lr: float | None = None       # None: same as lr
-    head_weight_decay: float = 0.0     # decoupled (AdamW-style) weight decay of the heads only; ours
+    head_weight_decay: float = 0.0     # decoupled weight decay of the heads only: each step scales them by
+                                       # 1 - lr * head_weight_decay (0: plain Adam, the paper); ours
     frozen_epochs: int = 0             # first epochs of every stage train the heads only, the encoder frozen
                                        # (LP-FT, Kumar et al. 2022: less distortion of the pretrained features); ours
     batch_size: int = 64               # effective batch (paper), reached by accumulation
