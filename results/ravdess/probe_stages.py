@@ -4,6 +4,8 @@
         [--users runs/table3-cpu-fold1]
     python results/ravdess/probe_stages.py --root DIR --run runs/sweep-ft-headlr --folds 1,2,3,4,5,6 \\
         --per-layer 0.01 --out results/ravdess/probe_layers.json
+    python results/ravdess/probe_stages.py --root DIR --run runs/sweep-ft-headlr --folds 1,2,3,4,5,6 \\
+        --heads 0.01 --out results/ravdess/probe_heads.json
 
 For the pretrained encoder and for each finished step checkpoint of a fold
 (``RUN/steps/fold<k>/stage*-*/best.safetensors`` with ``done.json``), the encoder
@@ -38,11 +40,9 @@ import json
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 import numpy as np
-
 import torch
+from safetensors.torch import load_file
 
 from gmptl.baselines import fit_probe, pooled_layers, probe
 from gmptl.config import load_config
@@ -123,8 +123,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/reproduce-ravdess"))
     parser.add_argument("--fold", "--folds", dest="folds", default="1", help="one fold or a list: 1,2,3")
     parser.add_argument("--users", type=Path, nargs="*", default=[], help="other run directories using RUN's steps")
-    parser.add_argument("--per-layer", type=float, metavar="C", help="probe every layer with this C, choose nothing")
-    parser.add_argument("--heads", type=float, metavar="C", help="each classifier's own head against a probe of its pooling")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--per-layer", type=float, metavar="C", help="probe every layer with this C, choose nothing")
+    mode.add_argument("--heads", type=float, metavar="C", help="each classifier's own head against a probe of its pooling")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("probe_stages.json"))
     args = parser.parse_args()
     cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", [f"data.root={args.root}"])
