@@ -100,15 +100,15 @@ def head_outputs(model, data: AudioSet, max_seconds: float) -> tuple[np.ndarray,
     return emotion, pooled
 
 
-def heads(cfg, step: Path, train, valid, test, c: float) -> dict | None:
-    """Test UAR of a step's own head and of a probe of its pooled output; None for stage 2 (no classifier)."""
+def heads(cfg, step: Path, encoder, train, valid, test, c: float) -> dict | None:
+    """Test UAR of a step's own head (on ``encoder``, already loaded from the step) and of a probe of its
+    pooled output; None for stage 2 (no classifier)."""
     state = load_file(step / "best.safetensors")
     if not any(k.startswith("emotion.") for k in state):
         return None
     kind = "amsoftmax" if "amsoftmax.weight" in state else "linear"
-    model = classifier(cfg, new_encoder(cfg), len(test.labels), gender=any(k.startswith("gender.") for k in state),
-                       kind=kind)
-    model.load_state_dict(state)
+    model = classifier(cfg, encoder, len(test.labels), gender=any(k.startswith("gender.") for k in state), kind=kind)
+    model.load_state_dict(state)  # the heads; the encoder's weights are the ones it holds
     (_, x_train), (_, x_valid), (own, x_test) = (head_outputs(model, d, cfg.data.eval_max_seconds)
                                                  for d in (train, valid, test))
     fitted = fit_probe(np.concatenate([x_train, x_valid]), np.concatenate([train.emotion, valid.emotion]),
@@ -143,7 +143,7 @@ def main() -> None:
         for name, step, encoder in encoders(cfg, args.run, k):
             row = {"used_by": [] if step is None else users(step, [args.run, *args.users], k)}
             if args.heads:
-                if step is None or (found := heads(cfg, step, train, valid, test, args.heads)) is None:
+                if step is None or (found := heads(cfg, step, encoder, train, valid, test, args.heads)) is None:
                     continue
                 row.update(found)
             elif args.per_layer:
