@@ -22,13 +22,20 @@ def cmd_data(args) -> int:
     from .corpora import load_corpus, summarize
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    summary = summarize(load_corpus(args.corpus, args.root, classes=classes))
+    if args.crop <= 0:
+        fatal(f"--crop must be positive seconds, got {args.crop}")
+    summary = summarize(load_corpus(args.corpus, args.root, classes=classes), crop=args.crop)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['corpus']} at {summary['root']}")
     print(f"  {summary['utterances']} utterances, {summary['seconds'] / 3600:.2f} h, "
           f"{summary['speakers']} speakers")
+    d, crop = summary["durations"], summary["crop"]
+    print(f"  durations: median {d['median']:.2f} s (10-90 %: {d['p10']:.2f}-{d['p90']:.2f} s, "
+          f"range {d['min']:.2f}-{d['max']:.2f} s)")
+    print(f"  a {crop['seconds']:g} s training crop (data.max_seconds) shortens {100 * crop['utterances_cut']:.1f} % "
+          f"of the utterances and leaves out {100 * crop['audio_cut']:.1f} % of the audio")
     print("  classes: " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
     print("  genders: " + ", ".join(f"{k} {v}" for k, v in summary["genders"].items()))
     for fold in summary["folds"]:
@@ -285,6 +292,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="iemocap, ravdess, emodb, cremad or manifest")
     p.add_argument("--root", required=True, help="the corpus directory (a CSV/JSONL file for 'manifest')")
     p.add_argument("--classes", help="comma-separated label subset, in this order (e.g. neutral,happy,sad,angry)")
+    p.add_argument("--crop", type=float, default=4.0,
+                   help="training crop in seconds to assess (data.max_seconds; default 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
@@ -402,6 +411,9 @@ def main(argv=None) -> int:
         fatal(str(e))
     except KeyboardInterrupt:
         fatal("interrupted", 130)
+    except BrokenPipeError:  # the reader left (`gmptl data ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

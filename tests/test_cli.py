@@ -1,6 +1,7 @@
 """The `gmptl` command: JSON outputs, one-line errors, the console script itself."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,10 @@ def test_data_json_on_ravdess(ravdess_root, capsys):
     assert [f["fold"] for f in s["folds"]] == [1, 2, 3, 4, 5, 6]
     assert all(len(f["test_speakers"]) == 4 and f["test_utterances"] == 240 for f in s["folds"])
     assert s["seconds"] == pytest.approx(5329, abs=5) and s["problems"] == []
+    # RAVDESS clips last 2.9-5.3 s: the default 4 s crop shortens 18 % of them but only their tails.
+    assert s["durations"]["min"] == pytest.approx(2.94, abs=0.01) and s["durations"]["max"] == pytest.approx(5.27, abs=0.01)
+    assert s["crop"]["utterances_cut"] == pytest.approx(0.177, abs=0.001)
+    assert s["crop"]["audio_cut"] == pytest.approx(0.012, abs=0.001)
 
 
 def test_data_table_and_subset(ravdess_root, capsys):
@@ -26,11 +31,13 @@ def test_data_table_and_subset(ravdess_root, capsys):
                  "--classes", "neutral,happy,sad,angry"]) == 0
     out = capsys.readouterr().out
     assert "672 utterances" in out and "neutral 96, happy 192, sad 192, angry 192" in out
+    assert "a 4 s training crop (data.max_seconds) shortens" in out
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["data", "--corpus", "ravdess", "--root", "/nonexistent/dir"], "/nonexistent/dir"),
     (["data", "--corpus", "nope", "--root", "."], "nope"),
+    (["data", "--corpus", "ravdess", "--root", ".", "--crop", "0"], "--crop must be positive"),
 ])
 def test_errors_are_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
@@ -53,3 +60,15 @@ def test_console_script_runs():
     assert done.returncode == 0
     for command in ("data", "encoders", "cv", "train"):
         assert command in done.stdout
+
+
+def test_closed_pipe_ends_quietly():
+    """`gmptl encoders | head -1`: the reader leaving is not a traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "gmptl", "encoders"], stdout=write, stderr=subprocess.PIPE,
+                              text=True)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == ""

@@ -319,6 +319,21 @@ def test_summary_is_json_ready(tmp_path):
         "fold": 1, "test_speakers": ["03", "08"], "test_utterances": 14}
 
 
+def test_summary_durations_and_what_a_crop_cuts(tmp_path):
+    lengths = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 5.0, "e": 9.0}
+    for name, seconds in lengths.items():
+        write_audio(tmp_path / f"{name}.wav", seconds=seconds)
+    (tmp_path / "list.csv").write_text("path,emotion,speaker\n" + "".join(
+        f"{name}.wav,happy,s{i}\n" for i, name in enumerate(lengths)))
+    corpus = load_corpus("manifest", tmp_path / "list.csv")
+
+    s = summarize(corpus, crop=4.0)
+    assert s["seconds"] == 20.0
+    assert s["durations"] == {"min": 1.0, "p10": 1.4, "median": 3.0, "p90": 7.4, "max": 9.0}
+    assert s["crop"] == {"seconds": 4.0, "utterances_cut": 0.4, "audio_cut": 0.3}  # 2 of 5; (1 + 5) of 20 s
+    assert summarize(corpus, crop=9.0)["crop"] == {"seconds": 9.0, "utterances_cut": 0.0, "audio_cut": 0.0}
+
+
 # ----------------------------------------------------------------------------- validation split
 
 def test_validation_split_holds_out_training_speakers(tmp_path):
