@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .config import DataConfig
 from .errors import GmptlError
 
 log = logging.getLogger("gmptl")
@@ -292,8 +293,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="iemocap, ravdess, emodb, cremad or manifest")
     p.add_argument("--root", required=True, help="the corpus directory (a CSV/JSONL file for 'manifest')")
     p.add_argument("--classes", help="comma-separated label subset, in this order (e.g. neutral,happy,sad,angry)")
-    p.add_argument("--crop", type=float, default=4.0,
-                   help="training crop in seconds to assess (data.max_seconds; default 4)")
+    crop = DataConfig.max_seconds
+    p.add_argument("--crop", type=float, default=crop,
+                   help=f"training crop in seconds to assess (data.max_seconds; default {crop:g})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
