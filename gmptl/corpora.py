@@ -28,7 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from .audio import audio_info
+from .config import DataConfig
 from .errors import AudioError, CorpusError
 
 log = logging.getLogger(__name__)
@@ -494,12 +497,12 @@ def validation_split(train: list[Utterance], fraction: float = 0.1,
     return [u for u in train if u.speaker not in held], [u for u in train if u.speaker in held]
 
 
-def summarize(corpus: Corpus, crop: float = 4.0) -> dict:
+def summarize(corpus: Corpus, crop: float = DataConfig.max_seconds) -> dict:
     """A JSON-ready overview: counts per class and gender, duration and its spread, what a training
     crop of ``crop`` seconds (``data.max_seconds``) cuts, folds, problems, drops, warnings."""
     classes = Counter(u.emotion for u in corpus.utterances)
     genders = Counter(u.gender or "unknown" for u in corpus.utterances)
-    durations = sorted(u.duration for u in corpus.utterances)
+    durations = [u.duration for u in corpus.utterances]
     total = sum(durations)
     return {
         "corpus": corpus.name,
@@ -507,8 +510,8 @@ def summarize(corpus: Corpus, crop: float = 4.0) -> dict:
         "labels": list(corpus.labels),
         "utterances": len(corpus.utterances),
         "seconds": round(total, 3),
-        "durations": {name: round(_quantile(durations, q), 3) for name, q in
-                      (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max", 1.0))},
+        "durations": dict(zip(("min", "p10", "median", "p90", "max"),
+                              np.quantile(durations, [0.0, 0.1, 0.5, 0.9, 1.0]).round(3).tolist())),
         "crop": {"seconds": crop,
                  "utterances_cut": round(sum(d > crop for d in durations) / len(durations), 4),
                  "audio_cut": round(sum(max(d - crop, 0.0) for d in durations) / total, 4) if total else 0.0},
@@ -521,11 +524,3 @@ def summarize(corpus: Corpus, crop: float = 4.0) -> dict:
         "problems": [{"path": p.path, "reason": p.reason} for p in corpus.problems],
         "warnings": list(corpus.warnings),
     }
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of an ascending, non-empty list."""
-    pos = q * (len(sorted_values) - 1)
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
