@@ -369,23 +369,43 @@ def bench_bilstm_pool(args, work: Path) -> dict:
     return {"before_s": round(old, 3), "after_s": round(new, 3), "speedup": round(old / new, 3), "max_abs_diff": diff}
 
 
-def bench_cuda_paths(args, work: Path, device: str = "cuda") -> dict:
+def bench_cuda_paths(args, work: Path) -> dict:
     """One stage-1 training step (encoder + BiLSTM head, multi-task loss) on the GPU: fp32 vs bf16 autocast,
     gradient checkpointing off vs on, front end frozen vs trained; step time, peak memory, gradient agreement."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench: cuda_paths needs a CUDA device")
+    return training_step_variants(args, torch.device("cuda"), ("whisper-tiny.en", "random:hubert-base"),
+                                  [("fp32", "fp32", False, True), ("fp32+ckpt", "fp32", True, True),
+                                   ("bf16", "bf16", False, True), ("bf16+ckpt", "bf16", True, True),
+                                   ("bf16+frontend", "bf16", False, False)], args.cuda_batch)
+
+
+def bench_cpu_bf16(args, work: Path) -> dict:
+    """The same stage-1 step on this CPU, Whisper tiny.en, 16 clips (train.micro_batch's default): fp32 vs bf16
+    autocast, at one thread (as each `--jobs` worker runs) and at all cores."""
+    variants = [("fp32", "fp32", False, True), ("bf16", "bf16", False, True)]
+    threads = torch.get_num_threads()
+    out = {}
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        out[f"threads_{n}"] = training_step_variants(args, torch.device("cpu"), ("whisper-tiny.en",), variants, 16)
+    torch.set_num_threads(threads)
+    return out
+
+
+def training_step_variants(args, dev: torch.device, specs, variants, batch: int) -> dict:
+    """Per encoder spec, per (name, precision, checkpointing, frozen front end): step time, peak GPU memory,
+    and gradients against the first variant's (max relative difference, cosine)."""
     from gmptl.losses import multitask_loss
     from gmptl.train import autocast
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench: cuda_paths needs a CUDA device")
-    dev = torch.device(device)
-    batch = args.cuda_batch
     waves = torch.from_numpy(np.stack(clips(args.ravdess, batch))).to(dev)
     lengths = torch.full((batch,), waves.shape[1], device=dev)
     gen = torch.Generator().manual_seed(0)
     emotion = torch.randint(0, len(LABELS), (batch,), generator=gen).to(dev)
     gender = torch.randint(0, 2, (batch,), generator=gen).to(dev)
     out = {"batch": batch, "clip_s": waves.shape[1] / 16000}
-    for spec in ("whisper-tiny.en", "random:hubert-base"):
+    for spec in specs:
         torch.manual_seed(0)
         model = UtteranceClassifier(build_encoder(spec), len(LABELS), -1, gender=True).to(dev).train()
         for m in model.modules():  # dropout off: every variant must see the same network
@@ -403,9 +423,7 @@ def bench_cuda_paths(args, work: Path, device: str = "cuda") -> dict:
             return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
 
         rows, grads = {}, {}
-        for name, precision, ckpt, frozen in [("fp32", "fp32", False, True), ("fp32+ckpt", "fp32", True, True),
-                                              ("bf16", "bf16", False, True), ("bf16+ckpt", "bf16", True, True),
-                                              ("bf16+frontend", "bf16", False, False)]:
+        for name, precision, ckpt, frozen in variants:
             model.encoder.checkpointing = ckpt
             model.encoder.freeze_frontend(frozen)
             step(precision)
@@ -422,14 +440,14 @@ def bench_cuda_paths(args, work: Path, device: str = "cuda") -> dict:
             rows[name] = {"step_ms": round(ms, 1), "peak_gb": None if peak is None else round(peak, 2),
                           "audio_s_per_s": round(batch * out["clip_s"] / ms * 1000)}
             grads[name] = g
-        ref = grads["fp32"]
-        agree = {f"{name}_vs_fp32": {"max_rel": float((grads[name] - ref).abs().max() / ref.abs().max()),
-                                     "cosine": float(torch.nn.functional.cosine_similarity(grads[name], ref, 0))}
-                 for name in ("fp32+ckpt", "bf16", "bf16+ckpt")}
+        first, ref = variants[0][0], grads[variants[0][0]]
+        agree = {f"{name}_vs_{first}": {"max_rel": float((grads[name] - ref).abs().max() / ref.abs().max()),
+                                        "cosine": float(torch.nn.functional.cosine_similarity(grads[name], ref, 0))}
+                 for name, *_ in variants[1:] if not name.endswith("frontend")}  # more parameters: not comparable
         out[spec] = {"steps": rows, "gradients": agree,
-                     "bf16_speedup": round(rows["fp32"]["step_ms"] / rows["bf16"]["step_ms"], 2),
-                     "ckpt_memory_ratio": None if dev.type != "cuda" else
-                     round(rows["bf16+ckpt"]["peak_gb"] / rows["bf16"]["peak_gb"], 2)}
+                     "bf16_speedup": round(rows["fp32"]["step_ms"] / rows["bf16"]["step_ms"], 2)}
+        if "bf16+ckpt" in rows and dev.type == "cuda":
+            out[spec]["ckpt_memory_ratio"] = round(rows["bf16+ckpt"]["peak_gb"] / rows["bf16"]["peak_gb"], 2)
         del model
     return out
 
@@ -447,7 +465,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=8, help="micro-batches per training measurement")
     parser.add_argument("--kmeans-seeds", type=int, default=3, help="seeds per side in kmeans_vs_sklearn")
     parser.add_argument("--cuda-batch", type=int, default=32, help="clips of 4 s per step in cuda_paths")
-    parser.add_argument("--cuda-steps", type=int, default=5, help="timed steps per variant in cuda_paths")
+    parser.add_argument("--cuda-steps", type=int, default=5, help="timed steps per variant in cuda_paths, cpu_bf16")
     parser.add_argument("--scales", type=lambda s: [int(k) for k in s.split(",")], default=[64, 512, 4096])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

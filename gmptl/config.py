@@ -99,7 +99,7 @@ class TrainConfig:
     max_padding: float = 0.10          # warn when more of a batch than this is padding
     seed: int = 0
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
-    precision: str = "fp32"            # fp32 | bf16 (autocast on CUDA; the log-mel stays fp32)
+    precision: str = "fp32"            # fp32 | bf16 (autocast on CUDA or CPU; the log-mel and cosines stay fp32)
     checkpointing: bool = False        # gradient checkpointing of the encoder's layers: less memory, ~30% more time
 
 

@@ -1,6 +1,7 @@
 """One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints."""
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -55,10 +56,27 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when asked for; a no-op context otherwise."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast (CUDA or CPU) when asked for; a no-op context for fp32.
+
+    On a CPU with native bf16 (AVX512-BF16 or AMX) a Whisper tiny.en training step
+    is about 1.7x faster (bench ``cpu_bf16``); elsewhere oneDNN emulates it, slower
+    than fp32, and a warning says so once."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and not cpu_has_bf16():
+        warn_once("train.precision=bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                  "it is emulated and slower than fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def cpu_has_bf16() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent means unknown
+    return bool(check()) if check is not None else True
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -1,6 +1,7 @@
 """`gmptl cv` end to end on a generated corpus with a tiny random encoder, and resume after kill -9."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gmptl.__main__ import main
 from synth_corpus import make_corpus
@@ -147,6 +149,20 @@ def test_train_command_writes_a_loadable_model(corpus, tmp_path, capsys):
     assert "uar" not in result and result["valid_speakers"], "all speakers train, some validate, none test"
     with pytest.raises(Exception, match="not a gmptl model directory"):
         load_model_dir(tmp_path)
+
+
+def test_bf16_on_the_cpu_trains_every_stage(corpus, tmp_path):
+    from gmptl.modeldir import load_model_dir
+
+    out = tmp_path / "bf16"
+    assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "train.device=cpu",
+                 "--set", "train.precision=bf16", "--out", str(out)]) == 0
+    for stage in ("stage1", "stage2", "stage3"):
+        log = [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()]
+        assert log and all(math.isfinite(r["train_loss"]) for r in log), stage
+    model, _ = load_model_dir(out / "model")
+    scores = model(torch.randn(1, 16000), torch.tensor([16000]))["emotion"]
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
 
 
 def test_frozen_probe_baseline(corpus, tmp_path):

@@ -1,4 +1,4 @@
-"""The training loop's options on a tiny random encoder: LP-FT's frozen first epochs, the heads' weight decay."""
+"""The training loop's options on a tiny random encoder: LP-FT's frozen first epochs, the heads' weight decay, bf16."""
 
 import itertools
 import json
@@ -12,7 +12,7 @@ from gmptl.corpora import load_corpus
 from gmptl.data import AudioSet
 from gmptl.errors import ConfigError
 from gmptl.pipeline import classifier, new_encoder, stage1_loss
-from gmptl.train import Stage, fit, make_optimizer
+from gmptl.train import Stage, autocast, fit, make_optimizer
 from synth_corpus import make_corpus
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -75,3 +75,22 @@ def test_head_weight_decay_shrinks_the_heads_only():
             assert torch.allclose(p, expected), name
     with pytest.raises(ConfigError, match="train.head_weight_decay must be >= 0"):
         load_config(None, ["train.head_weight_decay=-0.1"])
+
+
+def test_bf16_autocast_runs_on_the_cpu(train_set, tmp_path):
+    cfg = load_config(CONFIG, ["train.device=cpu", "stage3.loss=amsoftmax"])
+    torch.manual_seed(0)
+    model = classifier(cfg, new_encoder(cfg), 4, gender=True, kind="amsoftmax")
+    waves, lengths = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    with autocast(torch.device("cpu"), "bf16"):
+        out = model(waves, lengths)
+    assert out["pooled"].dtype == torch.bfloat16, "the encoder and head ran in bf16"
+    assert out["emotion"].dtype == torch.float32, "the AM-Softmax cosines stay in fp32"
+    with autocast(torch.device("cpu"), "fp32"):
+        assert model(waves, lengths)["pooled"].dtype == torch.float32
+
+    _, fp32, _ = run(train_set, tmp_path / "fp32", ["stage1.epochs=1"])
+    _, bf16, moved = run(train_set, tmp_path / "bf16", ["stage1.epochs=1", "train.precision=bf16"])
+    a, b = fp32["history"][0]["train_loss"], bf16["history"][0]["train_loss"]
+    assert a != b and abs(a - b) < 0.05 * a, (a, b)
+    assert "encoder" in moved
