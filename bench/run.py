@@ -414,7 +414,7 @@ def training_step_variants(args, dev: torch.device, specs, variants, batch: int)
             if isinstance(getattr(m, "dropout", None), float):
                 m.dropout = 0.0
 
-        def step(precision: str) -> torch.Tensor:
+        def step(model, precision: str) -> torch.Tensor:
             model.zero_grad(set_to_none=True)
             with autocast(dev, precision):
                 o = model(waves, lengths)
@@ -426,13 +426,13 @@ def training_step_variants(args, dev: torch.device, specs, variants, batch: int)
         for name, precision, ckpt, frozen in variants:
             model.encoder.checkpointing = ckpt
             model.encoder.freeze_frontend(frozen)
-            step(precision)
+            step(model, precision)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             for _ in range(args.cuda_steps):
-                g = step(precision)
+                g = step(model, precision)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             ms = (time.perf_counter() - start) / args.cuda_steps * 1000
