@@ -109,9 +109,10 @@ def cmd_sweep(args) -> int:
     out = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     command = " ".join(["gmptl sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
-                       + [a for g in args.grid for a in ("--grid", g)])
+                       + [a for g in args.grid for a in ("--grid", g)]
+                       + (["--one-at-a-time"] if args.one_at_a_time else []))
     summary = sweep(args.config, args.set or [], args.grid, out, folds, args.jobs, command,
-                    run=not args.report_only, report=not args.no_report)
+                    run=not args.report_only, report=not args.no_report, single=args.one_at_a_time)
     if summary:
         print(format_sweep(summary))
         print(f"results: {out / 'sweep.json'}")
@@ -325,6 +326,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every config")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a setting and its values (repeat for more settings: every combination runs)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="run the base config and each --grid value changed alone, not every combination")
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, folds dealt out among them (GPU: 6)")
     p.add_argument("--out", help="run directory (default runs/sweep-<config name>); rerun to resume")

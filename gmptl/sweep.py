@@ -4,7 +4,9 @@
         --grid stage3.margin=0.1,0.2,0.35 --grid train.head_lr=1e-4,1e-3 --jobs 6
 
 Every combination of the ``--grid`` values is one config, and every config runs on
-every fold. The choice is the config with the best validation UAR averaged over the
+every fold. With ``--one-at-a-time`` the configs are instead the base config (the
+``--config`` and ``--set`` values, named ``base``) and each ``--grid`` value changed
+alone: an ablation table, one setting at a time, at the cost of a sum, not a product. The choice is the config with the best validation UAR averaged over the
 folds (each fold's validation speakers come from its training speakers); the test
 scores of every config are reported beside it, and nothing reads them to choose.
 Steps are shared between configs under ``OUT/steps`` (``pipeline.step_dirs``), so
@@ -70,9 +72,15 @@ def combinations(axes: list[tuple[str, list[str]]]) -> list[list[str]]:
             for values in itertools.product(*(vals for _, vals in axes))]
 
 
+def one_at_a_time(axes: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """The base config (no override), then each value of each axis alone."""
+    return [[], *([f"{k}={v}"] for k, vals in axes for v in vals)]
+
+
 def config_name(overrides: list[str]) -> str:
-    """A directory name for one config of the grid, e.g. ``stage3.margin=0.1+train.head_lr=1e-3``."""
-    return "+".join(o.replace("/", "_").replace(" ", "") for o in overrides)
+    """A directory name for one config of the grid, e.g. ``stage3.margin=0.1+train.head_lr=1e-3``;
+    ``base`` for the config without overrides."""
+    return "+".join(o.replace("/", "_").replace(" ", "") for o in overrides) or "base"
 
 
 def valid_uar(result: dict) -> float:
@@ -120,12 +128,15 @@ def format_sweep(summary: dict) -> str:
 
 
 def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: list[int] | None = None,
-          jobs: int = 1, command: str = "", run: bool = True, report: bool = True) -> dict:
-    """Run (or resume) every config of ``grid`` on ``folds`` and write ``out/sweep.json``."""
+          jobs: int = 1, command: str = "", run: bool = True, report: bool = True, single: bool = False) -> dict:
+    """Run (or resume) every config of ``grid`` (``single``: the base and each value alone) on ``folds``
+    and write ``out/sweep.json``."""
     from .reproduce import spawn_workers
 
-    configs = combinations(parse_grid(grid))
+    configs = (one_at_a_time if single else combinations)(parse_grid(grid))
     cfgs = [load_config(config, [*overrides, *c]) for c in configs]  # every config checked before anything runs
+    if same := [c[0] for c, cfg in zip(configs[1:], cfgs[1:]) if single and cfg == cfgs[0]]:
+        raise ConfigError(f"--one-at-a-time: {', '.join(same)} is what the base config has already")
     corpus = load_corpus(cfgs[0].data.corpus, cfgs[0].data.root, classes=cfgs[0].data.classes)
     folds = check_folds(corpus, folds)
     if any(c.data.corpus != cfgs[0].data.corpus or c.data.root != cfgs[0].data.root
@@ -135,7 +146,8 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
     if run and jobs > 1 and len(folds) > 1:
         def args_for(mine):
             return (["sweep", "--config", config, "--out", str(out), "--folds", ",".join(map(str, mine)), "--no-report"]
-                    + [a for o in overrides for a in ("--set", o)] + [a for g in grid for a in ("--grid", g)])
+                    + [a for o in overrides for a in ("--set", o)] + [a for g in grid for a in ("--grid", g)]
+                    + (["--one-at-a-time"] if single else []))
         spawn_workers(args_for, jobs, folds, out)
     elif run:
         for cfg, c in zip(cfgs, configs):

@@ -7,7 +7,7 @@ import pytest
 
 from gmptl.__main__ import main
 from gmptl.errors import ConfigError
-from gmptl.sweep import combinations, parse_grid, split_values, summarize
+from gmptl.sweep import combinations, config_name, one_at_a_time, parse_grid, split_values, summarize
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +19,9 @@ def test_grid_parsing():
     assert axes == [("stage3.margin", ["0.1", "0.2"]), ("pseudo.scales", ["[4,8]", "[4,8,16]"])]
     assert combinations(axes)[1] == ["stage3.margin=0.1", "pseudo.scales=[4,8,16]"]
     assert len(combinations(axes)) == 4
+    assert one_at_a_time(axes) == [[], ["stage3.margin=0.1"], ["stage3.margin=0.2"], ["pseudo.scales=[4,8]"],
+                                   ["pseudo.scales=[4,8,16]"]]
+    assert [config_name(c) for c in one_at_a_time(axes)[:2]] == ["base", "stage3.margin=0.1"]
     for bad in (["stage3.margin"], ["stage3.margin="], ["stage3.margin=0.1,0.1"], ["a=1", "a=2"], []):
         with pytest.raises(ConfigError):
             parse_grid(bad)
@@ -69,6 +72,28 @@ def test_sweep_over_a_stage3_setting_trains_the_earlier_stages_once(tmp_path, ca
     before = {p: p.stat().st_mtime for p in out.rglob("result.json")}  # resume: nothing to redo
     assert main(args) == 0
     assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
+
+
+@pytest.mark.slow
+def test_one_at_a_time_runs_the_base_and_each_change_alone(tmp_path, capsys):
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    out = tmp_path / "ofat"
+    args = ["sweep", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"data.root={manifest}",
+            "--one-at-a-time", "--grid", "stage3.margin=0.35", "--grid", "stage2.mask_prob=0.3",
+            "--folds", "1", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert list(summary["configs"]) == ["base", "stage3.margin=0.35", "stage2.mask_prob=0.3"]
+    assert all(e["complete"] for e in summary["configs"].values())
+    assert "--one-at-a-time" in summary["command"]
+    steps = out / "steps" / "fold1"  # the margin reuses the base's stage 2; the mask probability its stage 1
+    assert [len(list(steps.glob(f"{s}-*"))) for s in ("stage1", "pseudo", "stage2", "stage3")] == [1, 1, 2, 3]
+    base = json.loads((out / "base" / "config.json").read_text())
+    assert base["stage3"]["margin"] == 0.2 and base["stage2"]["mask_prob"] == 0.5
+
+    with pytest.raises(SystemExit) as exit:  # a value the base already has would only repeat the base
+        main([*args[:-2], "--grid", "stage3.scale=30", "--out", str(tmp_path / "o")])
+    assert exit.value.code == 2 and "stage3.scale=30 is what the base config has already" in capsys.readouterr().err
 
 
 def test_sweep_rejects_an_unknown_setting_before_running(tmp_path, capsys):
