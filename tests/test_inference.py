@@ -81,6 +81,24 @@ def test_predict_command_table_csv_jsonl(model_dir, clips, tmp_path, capsys):
     assert [x["path"] for x in lines] == [str(p) for p in clips]
 
 
+def test_bf16_precision_predicts_close_to_fp32(model_dir, clips, tmp_path, capsys):
+    waves = [gmptl.audio.load_audio(p) for p in clips]
+    fp32 = gmptl.load(model_dir).predict_waves(waves)
+    bf16 = gmptl.load(model_dir, precision="bf16").predict_waves(waves)
+    for a, b in zip(fp32, bf16):
+        assert sum(b.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+        assert b.probabilities == pytest.approx(a.probabilities, abs=0.05)
+        assert b.gender_probability == pytest.approx(a.gender_probability, abs=0.05)
+    assert any(b.probabilities != a.probabilities for a, b in zip(fp32, bf16)), "bf16 did not take effect"
+    assert main(["predict", str(model_dir), str(clips[0]), "--precision", "bf16"]) == 0
+    assert str(clips[0]) in capsys.readouterr().out
+    with pytest.raises(ValueError, match="precision must be"):
+        gmptl.load(model_dir, precision="fp16")
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(model_dir), str(clips[0]), "--backend", "onnx", "--precision", "bf16"])
+    assert exit.value.code != 0 and "--precision bf16 needs --backend torch" in capsys.readouterr().err
+
+
 def test_bad_files_are_reported_and_the_rest_predicted(model_dir, clips, tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
