@@ -6,9 +6,10 @@
 Every combination of the ``--grid`` values is one config, and every config runs on
 every fold. With ``--one-at-a-time`` the configs are instead the base config (the
 ``--config`` and ``--set`` values, named ``base``) and each ``--grid`` value changed
-alone: an ablation table, one setting at a time, at the cost of a sum, not a product. The choice is the config with the best validation UAR averaged over the
-folds (each fold's validation speakers come from its training speakers); the test
-scores of every config are reported beside it, and nothing reads them to choose.
+alone: an ablation table, at the cost of a sum of runs, not a product. The choice is
+the config with the best validation UAR averaged over the folds (each fold's
+validation speakers come from its training speakers); the test scores of every
+config are reported beside it, and nothing reads them to choose.
 Steps are shared between configs under ``OUT/steps`` (``pipeline.step_dirs``), so
 a grid over a stage-3 setting trains stages 1 and 2 once per fold. Layout::
 
