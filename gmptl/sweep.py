@@ -16,6 +16,7 @@ a grid over a stage-3 setting trains stages 1 and 2 once per fold. Layout::
     OUT/<setting=value+...>/fold{k}/result.json   one directory per config and fold
     OUT/steps/fold{k}/...                          the shared steps
     OUT/sweep.json                                 per config: folds, means; the choice
+                                                   (--one-at-a-time: each change against base, paired)
 """
 
 import itertools
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .config import load_config
 from .corpora import load_corpus
-from .cv import check_folds, claim_run_dir, fold_means
+from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
 from .pipeline import chosen_valid_uar, run_fold
 from .provenance import provenance
@@ -107,6 +108,10 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
                          **(fold_means(rows, ("valid_uar", "war", "uar")) if rows else {})}
     complete = [n for n, e in entries.items() if e["complete"]]
     chosen = max(complete, key=lambda n: entries[n]["valid_uar_mean"]) if complete else None
+    if configs and configs[0] == [] and "base" in complete:  # --one-at-a-time: each change against the base
+        for name in (n for n in complete if n != "base"):
+            c = compare_runs(out / name, out / "base")
+            entries[name]["vs_base"] = {k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}
     summary = {"command": command, "folds": folds, "chosen": chosen,
                "rule": "best validation UAR averaged over the folds; test scores are not read to choose",
                "configs": entries, **provenance()}
@@ -116,14 +121,19 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
 
 def format_sweep(summary: dict) -> str:
     """A table of the sweep, the chosen config marked with ``*``."""
-    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10} {'test UAR':>15} {'test WAR':>8}"]
+    paired = any("vs_base" in e for e in summary["configs"].values())
+    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10} {'test UAR':>15} {'test WAR':>8}"
+             + ("   test UAR - base [95 % CI], p" if paired else "")]
     for name, e in summary["configs"].items():
         if not e["folds"]:
             lines.append(f"{name:<40} {0:>5}")
             continue
         mark = "*" if name == summary["chosen"] else " "
-        lines.append(f"{name:<39}{mark} {len(e['folds']):>5} {e['valid_uar_mean']:10.2f} "
-                     f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
+        line = (f"{name:<39}{mark} {len(e['folds']):>5} {e['valid_uar_mean']:10.2f} "
+                f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
+        if v := e.get("vs_base"):
+            line += f"   {v['uar_diff']:+6.2f} [{v['uar_ci'][0]:+.2f}, {v['uar_ci'][1]:+.2f}], p = {v['p_uar']:.2g}"
+        lines.append(line)
     lines.append(f"* chosen: {summary['chosen'] or 'none yet (no config has every fold)'} ({summary['rule']})")
     return "\n".join(lines)
 

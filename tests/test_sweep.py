@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gmptl.__main__ import main
+from gmptl.cv import compare_runs
 from gmptl.errors import ConfigError
 from gmptl.sweep import combinations, config_name, one_at_a_time, parse_grid, split_values, summarize
 from synth_corpus import make_corpus
@@ -90,6 +91,13 @@ def test_one_at_a_time_runs_the_base_and_each_change_alone(tmp_path, capsys):
     assert [len(list(steps.glob(f"{s}-*"))) for s in ("stage1", "pseudo", "stage2", "stage3")] == [1, 1, 2, 3]
     base = json.loads((out / "base" / "config.json").read_text())
     assert base["stage3"]["margin"] == 0.2 and base["stage2"]["mask_prob"] == 0.5
+    assert "vs_base" not in summary["configs"]["base"]
+    for name in ("stage3.margin=0.35", "stage2.mask_prob=0.3"):  # each change against the base, paired
+        paired = compare_runs(out / name, out / "base")
+        vs = summary["configs"][name]["vs_base"]
+        assert vs["uar_diff"] == pytest.approx(paired["uar_diff"]) and vs["p_uar"] == paired["p_uar"]
+        assert vs["uar_diff"] == pytest.approx(summary["configs"][name]["uar_mean"] - summary["configs"]["base"]["uar_mean"])
+    assert "test UAR - base" in capsys.readouterr().out
 
     with pytest.raises(SystemExit) as exit:  # a value the base already has would only repeat the base
         main([*args[:-2], "--grid", "stage3.scale=30", "--out", str(tmp_path / "o")])
