@@ -95,7 +95,8 @@ class TrainConfig:
     batch_size: int = 64               # effective batch (paper), reached by accumulation
     micro_batch: int = 16              # utterances per forward pass
     grad_clip: float = 5.0
-    patience: int = 3                  # epochs without validation-UAR gain before stopping
+    patience: int = 3                  # epochs without validation gain (train.select) before stopping
+    select: str = "uar"                # uar | loss: the validation figure that picks the epoch of stages 1 and 3
     max_padding: float = 0.10          # warn when more of a batch than this is padding
     seed: int = 0
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
@@ -129,6 +130,7 @@ class Config:
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
+            (self.train.select in ("uar", "loss"), "train.select must be 'uar' or 'loss'"),
             (self.train.head_weight_decay >= 0, "train.head_weight_decay must be >= 0"),
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),

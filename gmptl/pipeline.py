@@ -58,10 +58,14 @@ def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batc
     return dist.sum_(out).numpy()
 
 
-def classification_eval(data: AudioSet, max_seconds: float):
+def classification_eval(data: AudioSet, max_seconds: float, select: str = "uar", scale: float = 1.0):
+    """Validation UAR, WAR and loss (CE of ``scale`` x the scores: AM-Softmax cosines take s, no margin);
+    ``select`` names the one that picks the epoch (``score``, higher is better)."""
     def evaluate(model) -> dict:
-        s = scores(data.emotion, predict(model, data, max_seconds).argmax(1), data.labels)
-        return {"score": s["uar"], "uar": s["uar"], "war": s["war"]}
+        out = predict(model, data, max_seconds)
+        s = scores(data.emotion, out.argmax(1), data.labels)
+        loss = F.cross_entropy(torch.from_numpy(scale * out), torch.as_tensor(data.emotion)).item()
+        return {"score": s["uar"] if select == "uar" else -loss, "uar": s["uar"], "war": s["war"], "loss": loss}
     return evaluate
 
 
@@ -104,7 +108,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
-         ("train", "head_weight_decay", 0.0)]
+         ("train", "head_weight_decay", 0.0), ("train", "select", "uar")]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -146,7 +150,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     torch.manual_seed(cfg.train.seed * 10 + 1)  # initial weights: a resumed run rebuilds the same model
     model = classifier(cfg, new_encoder(cfg), C, gender=cfg.stage1.alpha < 1.0, kind="linear")
     stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
-                                 classification_eval(valid, d.eval_max_seconds), cfg.stage1.epochs),
+                                 classification_eval(valid, d.eval_max_seconds, cfg.train.select), cfg.stage1.epochs),
                            train, cfg.train, d.max_seconds, dirs["stage1"])
     if cfg.system != "gmp-tl":
         return model, dirs["stage1"] / "best.safetensors", stages
@@ -186,7 +190,8 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     torch.manual_seed(cfg.train.seed * 10 + 3)
     model = classifier(cfg, predictor.encoder, C, gender=False, kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
     stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
-                                 classification_eval(valid, d.eval_max_seconds), s3.epochs),
+                                 classification_eval(valid, d.eval_max_seconds, cfg.train.select,
+                                                     s3.scale if s3.loss == "amsoftmax" else 1.0), s3.epochs),
                            train, cfg.train, d.max_seconds, dirs["stage3"])
     return model, dirs["stage3"] / "best.safetensors", stages
 
@@ -248,8 +253,10 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
 
 
 def chosen_valid_uar(stages: dict) -> float:
-    """The validation UAR the final model was chosen by: stage 3's, or stage 1's when there is no stage 3."""
-    return stages["stage3" if "stage3" in stages else "stage1"]["best_score"]
+    """The validation UAR of the final model's epoch: stage 3's, or stage 1's when there is no stage 3
+    (the epoch is chosen by it, or with ``train.select=loss`` by the validation loss)."""
+    stage = stages["stage3" if "stage3" in stages else "stage1"]
+    return stage.get("best_valid", {}).get("valid_uar", stage["best_score"])  # results before best_valid: UAR chose
 
 
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,

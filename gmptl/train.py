@@ -236,8 +236,10 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     for p in encoder:  # the next stage may train this encoder
         p.requires_grad_(True)
     model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+    best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-               "best_score": state["best"], "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
+               "best_score": state["best"], "best_valid": {k: v for k, v in best.items() if k.startswith("valid_")},
+               "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
                "history": state["history"]}
     dist.barrier()
     if dist.is_main():

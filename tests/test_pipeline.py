@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gmptl.__main__ import main
+from gmptl.pipeline import chosen_valid_uar
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,27 @@ def test_bf16_on_the_cpu_trains_every_stage(corpus, tmp_path):
     model, _ = load_model_dir(out / "model")
     scores = model(torch.randn(1, 16000), torch.tensor([16000]))["emotion"]
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+def test_select_by_validation_loss_picks_the_epoch_of_least_loss(corpus, tmp_path):
+    picked = {}
+    for select, best_of in (("uar", lambda log: max(log, key=lambda r: r["valid_uar"])),
+                            ("loss", lambda log: min(log, key=lambda r: r["valid_loss"]))):
+        out = tmp_path / select
+        assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=finetune",
+                     "--set", "stage1.epochs=4", "--set", "train.patience=4", "--set", f"train.select={select}",
+                     "--out", str(out)]) == 0
+        log = [json.loads(line) for line in (out / "stage1" / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 4 and all(r["valid_loss"] > 0 for r in log)
+        chosen = best_of(log)  # the first best epoch: a tie is no gain
+        result = json.loads((out / "result.json").read_text())
+        assert result["stages"]["stage1"]["best_epoch"] == chosen["epoch"], select
+        picked[select] = chosen["epoch"]
+        assert chosen_valid_uar(result["stages"]) == chosen["valid_uar"], "the chosen epoch's UAR, whatever chose it"
+    assert picked["uar"] != picked["loss"], "on this corpus the two figures pick different epochs"
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "train.select=war",
+              "--out", str(tmp_path / "bad")])
 
 
 def test_frozen_probe_baseline(corpus, tmp_path):
