@@ -94,3 +94,20 @@ def test_bf16_autocast_runs_on_the_cpu(train_set, tmp_path):
     a, b = fp32["history"][0]["train_loss"], bf16["history"][0]["train_loss"]
     assert a != b and abs(a - b) < 0.05 * a, (a, b)
     assert "encoder" in moved
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
+    import gmptl.train as train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    train.warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="gmptl.train"):
+        for _ in range(2):
+            with autocast(torch.device("cpu"), "bf16"):
+                assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16  # still autocast
+    assert [r.getMessage() for r in caplog.records].count(
+        "train.precision=bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); it is emulated and slower than fp32") == 1
+    with caplog.at_level("WARNING", logger="gmptl.train"):
+        with autocast(torch.device("cpu"), "fp32"):
+            pass
+    assert len(caplog.records) == 1, "fp32 says nothing"
