@@ -20,6 +20,7 @@ from .config import Config
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
+from .export import probability_scale
 from .errors import ConfigError
 from .masking import span_mask
 from .metrics import scores
@@ -191,7 +192,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     model = classifier(cfg, predictor.encoder, C, gender=False, kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
     stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
                                  classification_eval(valid, d.eval_max_seconds, cfg.train.select,
-                                                     s3.scale if s3.loss == "amsoftmax" else 1.0), s3.epochs),
+                                                     probability_scale(model, {"config": cfg.to_dict()})), s3.epochs),
                            train, cfg.train, d.max_seconds, dirs["stage3"])
     return model, dirs["stage3"] / "best.safetensors", stages
 
