@@ -371,7 +371,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast, faster on a CPU with native bf16 (torch backend)")
+                   help="bf16: autocast, faster; needs a CPU with native bf16 (torch backend)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="an HTTP service: POST audio to /v1/predict (docs at /docs)")

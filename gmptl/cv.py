@@ -13,7 +13,7 @@ from .corpora import load_corpus
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
-from .train import atomic_json
+from .train import atomic_json, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,10 @@ def claim_run_dir(cfg: Config, out: Path) -> None:
     """Save the resolved config in ``out``; refuse to resume a run of another config there.
 
     A run saved by an older gmptl resumes when the options added since then hold
-    their defaults (the saved config is read with today's defaults filled in).
+    their defaults (the saved config is read with today's defaults filled in). A config
+    this machine cannot run (bf16 on a CPU without it) is refused first.
     """
+    check_precision(cfg.train.device, cfg.train.precision)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     resolved = cfg.to_dict()

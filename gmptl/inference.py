@@ -254,12 +254,14 @@ def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
             (a directory means its ``model.onnx``, as ``gmptl export`` writes by default).
         backend: ``torch`` or ``onnx`` (onnxruntime on the exported graph).
         precision: ``fp32``, or ``bf16`` (torch backend: autocast, 1.6x faster on a CPU with
-            native bf16; on RAVDESS models probabilities moved by up to 0.07).
+            native bf16, refused on one without; on RAVDESS models probabilities moved by up to 0.07).
     """
     path = Path(model)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     if backend == "torch":
+        from .train import check_precision
+        check_precision(torch.device("cpu"), precision)
         return Recognizer.from_model_dir(path, precision)
     if precision != "fp32":
         raise ValueError(f"precision {precision} needs the torch backend")

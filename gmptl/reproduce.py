@@ -28,6 +28,7 @@ from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confu
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
+from .train import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     user = list(overrides)
     overrides = [*user, f"data.root={root}"]
     cfg = load_config(base, overrides)
+    if run:
+        check_precision(cfg.train.device, cfg.train.precision)
     corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
     folds = check_folds(corpus, folds)
     from .encoders import build_encoder

@@ -31,7 +31,7 @@ from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
 from .pipeline import chosen_valid_uar, run_fold
 from .provenance import provenance
-from .train import atomic_json
+from .train import atomic_json, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,9 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
     cfgs = [load_config(config, [*overrides, *c]) for c in configs]  # every config checked before anything runs
     if same := [c[0] for c, cfg in zip(configs[1:], cfgs[1:]) if single and cfg == cfgs[0]]:
         raise ConfigError(f"--one-at-a-time: {', '.join(same)} is what the base config has already")
+    if run:
+        for cfg in cfgs:
+            check_precision(cfg.train.device, cfg.train.precision)
     corpus = load_corpus(cfgs[0].data.corpus, cfgs[0].data.root, classes=cfgs[0].data.classes)
     folds = check_folds(corpus, folds)
     if any(c.data.corpus != cfgs[0].data.corpus or c.data.root != cfgs[0].data.root

@@ -1,7 +1,6 @@
 """One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints."""
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -59,24 +58,30 @@ def autocast(device: torch.device, precision: str):
     """bf16 autocast (CUDA or CPU) when asked for; a no-op context for fp32.
 
     On a CPU with native bf16 (AVX512-BF16 or AMX) a Whisper tiny.en training step
-    is about 1.7x faster (bench ``cpu_bf16``); elsewhere oneDNN emulates it, slower
-    than fp32, and a warning says so once."""
+    is about 1.7x faster (bench ``cpu_bf16``); a CPU without it is refused
+    (``check_precision``)."""
     if precision != "bf16":
         return contextlib.nullcontext()
-    if device.type == "cpu" and not cpu_has_bf16():
-        warn_once("train.precision=bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
-                  "it is emulated and slower than fp32")
+    check_precision(device, precision)
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def check_precision(device: torch.device | str, precision: str) -> None:
+    """Refuse bf16 on a CPU without native bf16 (``device``: a device or a ``train.device`` name):
+    oneDNN emulates it, slower than fp32, and its LSTM (the head's BiLSTM) cannot run it at all."""
+    if precision != "bf16":
+        return
+    if isinstance(device, str):
+        device = resolve_device(device)
+    if device.type == "cpu" and not cpu_has_bf16():
+        from .errors import ConfigError
+        raise ConfigError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), "
+                          "where oneDNN cannot run the BiLSTM in bf16; use fp32")
 
 
 def cpu_has_bf16() -> bool:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent means unknown
     return bool(check()) if check is not None else True
-
-
-@functools.cache
-def warn_once(message: str) -> None:
-    log.warning(message)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -10,6 +10,7 @@ import soundfile as sf
 
 import gmptl
 from gmptl.__main__ import main
+from gmptl.errors import ConfigError
 from synth_corpus import make_corpus, voice
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -81,7 +82,7 @@ def test_predict_command_table_csv_jsonl(model_dir, clips, tmp_path, capsys):
     assert [x["path"] for x in lines] == [str(p) for p in clips]
 
 
-def test_bf16_precision_predicts_close_to_fp32(model_dir, clips, tmp_path, capsys):
+def test_bf16_precision_predicts_close_to_fp32(model_dir, clips, native_bf16, capsys):
     waves = [gmptl.audio.load_audio(p) for p in clips]
     fp32 = gmptl.load(model_dir).predict_waves(waves)
     bf16 = gmptl.load(model_dir, precision="bf16").predict_waves(waves)
@@ -92,11 +93,22 @@ def test_bf16_precision_predicts_close_to_fp32(model_dir, clips, tmp_path, capsy
     assert any(b.probabilities != a.probabilities for a, b in zip(fp32, bf16)), "bf16 did not take effect"
     assert main(["predict", str(model_dir), str(clips[0]), "--precision", "bf16"]) == 0
     assert str(clips[0]) in capsys.readouterr().out
+
+
+def test_precision_options_are_checked(model_dir, clips, capsys, monkeypatch):
     with pytest.raises(ValueError, match="precision must be"):
         gmptl.load(model_dir, precision="fp16")
     with pytest.raises(SystemExit) as exit:
         main(["predict", str(model_dir), str(clips[0]), "--backend", "onnx", "--precision", "bf16"])
     assert exit.value.code != 0 and "--precision bf16 needs --backend torch" in capsys.readouterr().err
+    monkeypatch.setattr("gmptl.train.cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="this CPU has no native bf16"):
+        gmptl.load(model_dir, precision="bf16")
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(model_dir), str(clips[0]), "--precision", "bf16"])
+    err = capsys.readouterr().err
+    assert exit.value.code != 0
+    assert "this CPU has no native bf16" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_files_are_reported_and_the_rest_predicted(model_dir, clips, tmp_path, capsys):

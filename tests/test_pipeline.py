@@ -152,7 +152,7 @@ def test_train_command_writes_a_loadable_model(corpus, tmp_path, capsys):
         load_model_dir(tmp_path)
 
 
-def test_bf16_on_the_cpu_trains_every_stage(corpus, tmp_path):
+def test_bf16_on_the_cpu_trains_every_stage(corpus, tmp_path, native_bf16):
     from gmptl.modeldir import load_model_dir
 
     out = tmp_path / "bf16"

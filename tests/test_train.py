@@ -77,7 +77,7 @@ def test_head_weight_decay_shrinks_the_heads_only():
         load_config(None, ["train.head_weight_decay=-0.1"])
 
 
-def test_bf16_autocast_runs_on_the_cpu(train_set, tmp_path):
+def test_bf16_autocast_runs_on_the_cpu(train_set, tmp_path, native_bf16):
     cfg = load_config(CONFIG, ["train.device=cpu", "stage3.loss=amsoftmax"])
     torch.manual_seed(0)
     model = classifier(cfg, new_encoder(cfg), 4, gender=True, kind="amsoftmax")
@@ -96,18 +96,20 @@ def test_bf16_autocast_runs_on_the_cpu(train_set, tmp_path):
     assert "encoder" in moved
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
-    import gmptl.train as train
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from gmptl.__main__ import main
 
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    train.warn_once.cache_clear()
-    with caplog.at_level("WARNING", logger="gmptl.train"):
-        for _ in range(2):
-            with autocast(torch.device("cpu"), "bf16"):
-                assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16  # still autocast
-    assert [r.getMessage() for r in caplog.records].count(
-        "train.precision=bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); it is emulated and slower than fp32") == 1
-    with caplog.at_level("WARNING", logger="gmptl.train"):
-        with autocast(torch.device("cpu"), "fp32"):
+    monkeypatch.setattr("gmptl.train.cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="this CPU has no native bf16"):
+        with autocast(torch.device("cpu"), "bf16"):
             pass
-    assert len(caplog.records) == 1, "fp32 says nothing"
+    with autocast(torch.device("cpu"), "fp32"):
+        assert torch.nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float32
+    bf16 = ["--config", str(CONFIG), "--set", "data.root=/nonexistent", "--set", "train.precision=bf16"]
+    for command in (["train", *bf16, "--out"], ["sweep", *bf16, "--grid", "stage3.margin=0.3", "--out"]):
+        out = tmp_path / command[0]
+        with pytest.raises(SystemExit) as exit:
+            main([*command, str(out)])
+        err = capsys.readouterr().err
+        assert exit.value.code != 0 and err.startswith("gmptl: error: precision bf16: this CPU has no native bf16")
+        assert not out.exists(), f"{command[0]}: refused before the run directory was made"
