@@ -92,7 +92,8 @@ def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: li
 
 
 def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
-    """``jobs`` processes of ``gmptl reproduce``, the folds dealt out among them, each with its share of threads."""
+    """``jobs`` processes of ``gmptl reproduce``, the folds dealt out among them, each with its share of threads;
+    ended with this process (Ctrl-C, SIGTERM)."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -105,7 +106,21 @@ def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
         with open(logs / f"worker{i}.log", "a") as f:
             procs.append(subprocess.Popen([sys.executable, "-m", "gmptl", *args_for(mine)], env=env,
                                           stdout=f, stderr=subprocess.STDOUT))
-    failed = [p.args for p in procs if p.wait() != 0]
+    # SIGTERM (kill, timeout, a scheduler) ends the workers too; their checkpoints are atomic, so a rerun resumes.
+    import signal
+    import threading
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) if main_thread else None
+    try:
+        failed = [p.args for p in procs if p.wait() != 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if failed:
         raise ConfigError(f"{len(failed)} of {len(procs)} workers failed; see {logs}/worker*.log, rerun to resume")
 

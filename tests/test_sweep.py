@@ -111,3 +111,41 @@ def test_sweep_rejects_an_unknown_setting_before_running(tmp_path, capsys):
               "--grid", "stage3.bogus=1,2", "--out", str(tmp_path / "o")])
     assert exit.value.code == 2 and "bogus" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_to_the_parent_ends_its_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "gmptl", "sweep", "--config", str(REPO / "configs" / "tiny.yaml"),
+           "--set", f"data.root={manifest}", "--set", "stage1.epochs=50", "--set", "train.patience=50",
+           "--grid", "stage3.margin=0.3", "--folds", "1,2", "--jobs", "2", "--out", str(out)]
+    parent = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def workers() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:  # a process that ended meanwhile
+                continue
+            if proc.name.isdigit() and int(proc.name) != parent.pid and str(out).encode() in args:
+                found.append(int(proc.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while len(workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers()) == 2 and parent.poll() is None, "two workers started"
+    try:
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        assert workers() == [], "no worker outlives the parent"
+    finally:
+        for pid in workers():
+            os.kill(pid, signal.SIGKILL)
