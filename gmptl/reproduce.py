@@ -16,8 +16,10 @@ A killed run resumes where it stopped: finished systems, folds and steps are ski
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +109,6 @@ def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
             procs.append(subprocess.Popen([sys.executable, "-m", "gmptl", *args_for(mine)], env=env,
                                           stdout=f, stderr=subprocess.STDOUT))
     # SIGTERM (kill, timeout, a scheduler) ends the workers too; their checkpoints are atomic, so a rerun resumes.
-    import signal
-    import threading
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) if main_thread else None
     try:
