@@ -179,8 +179,10 @@ def test_builtin_batch_equals_one_by_one_on_speech(builtin, ravdess_root):
             alone = builtin(w[None], lengths[i:i + 1])
             t = alone.hidden_states[0].shape[1]
             assert t == int(out.lengths[i])
+            # fp32 summation order differs with the batch shape: up to 3e-4 on the top layer (values near 10)
+            # on one of this project's CPUs (1e-5 relative); attending to the padding moves them by 1 to 7.
             for a, b in zip(out.hidden_states, alone.hidden_states):
-                assert torch.allclose(a[i, :t], b[0], atol=1e-4, rtol=0)
+                assert torch.allclose(a[i, :t], b[0], atol=1e-3, rtol=0)
 
 
 def test_builtin_cache_is_lossless_and_checked(tmp_path, monkeypatch):
