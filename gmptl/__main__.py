@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -83,6 +84,11 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def given(args, *names: str) -> list[str]:
+    """``--name value`` for each of ``names`` the user gave: what a recorded command needs to rerun the same run."""
+    return [a for n in names if getattr(args, n) is not None for a in (f"--{n}", str(getattr(args, n)))]
+
+
 def cmd_reproduce(args) -> int:
     from .reproduce import format_tables, reproduce
 
@@ -90,9 +96,10 @@ def cmd_reproduce(args) -> int:
     results = Path(args.results or f"results/{args.recipe}")
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     names = args.systems.split(",") if args.systems else None
-    command = " ".join(["gmptl reproduce", args.recipe, "--root", args.root]
-                       + (["--config", args.config] if args.config else [])
-                       + [a for o in (args.set or []) for a in ("--set", o)])
+    command = shlex.join(["gmptl", "reproduce", args.recipe, "--root", args.root]
+                         + (["--config", args.config] if args.config else [])
+                         + [a for o in (args.set or []) for a in ("--set", o)]
+                         + given(args, "folds", "out", "results"))
     written = reproduce(args.recipe, args.root, out, results, names, folds, args.jobs, args.set or [],
                         args.config, report=not args.no_report, command=command, run=not args.report_only)
     for label, summary in written.items():
@@ -108,9 +115,10 @@ def cmd_sweep(args) -> int:
 
     out = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    command = " ".join(["gmptl sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
-                       + [a for g in args.grid for a in ("--grid", g)]
-                       + (["--one-at-a-time"] if args.one_at_a_time else []))
+    command = shlex.join(["gmptl", "sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
+                         + [a for g in args.grid for a in ("--grid", g)]
+                         + (["--one-at-a-time"] if args.one_at_a_time else []) + given(args, "folds")
+                         + ["--out", str(out)])
     summary = sweep(args.config, args.set or [], args.grid, out, folds, args.jobs, command,
                     run=not args.report_only, report=not args.no_report, single=args.one_at_a_time)
     if summary:
@@ -125,7 +133,7 @@ def cmd_compare(args) -> int:
 
     result = compare_runs(Path(args.a), Path(args.b), rounds=args.rounds)
     if args.json:
-        command = " ".join(["gmptl compare", args.a, args.b, "--rounds", str(args.rounds), "--json"])
+        command = shlex.join(["gmptl", "compare", args.a, args.b, "--rounds", str(args.rounds), "--json"])
         print(json.dumps({**result, "command": command, **provenance()}, indent=2))
     else:
         print(format_comparison(result))

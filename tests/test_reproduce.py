@@ -1,11 +1,12 @@
 """`gmptl reproduce`: systems share their common steps, results and pages are written, resume is free."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from gmptl.__main__ import main
+from gmptl.__main__ import get_parser, main
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
         assert [f["fold"] for f in entry["folds"]] == [1, 2]
         assert entry["uar_mean"] == pytest.approx(sum(f["uar"] for f in entry["folds"]) / 2)
         assert entry["wall_s"] > 0 and entry["command"].startswith("gmptl reproduce ravdess")
+        rerun = get_parser().parse_args(shlex.split(entry["command"])[1:])  # resumes this run, same results
+        assert (rerun.root, rerun.out, rerun.results) == (str(manifest), str(out), str(results))
     four = json.loads((results.with_name("ravdess4") / "summary.json").read_text())
     assert set(four["systems"]) == {"finetune-ce", "gmp-tl"} and four["classes"] == ["neutral", "happy", "sad", "angry"]
     paired = summary["paired"]

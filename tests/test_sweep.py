@@ -1,11 +1,12 @@
 """`gmptl sweep`: every config on every fold, steps shared, the choice made by validation alone."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from gmptl.__main__ import main
+from gmptl.__main__ import get_parser, main
 from gmptl.cv import compare_runs
 from gmptl.errors import ConfigError
 from gmptl.sweep import combinations, config_name, one_at_a_time, parse_grid, split_values, summarize
@@ -86,7 +87,8 @@ def test_one_at_a_time_runs_the_base_and_each_change_alone(tmp_path, capsys):
     summary = json.loads((out / "sweep.json").read_text())
     assert list(summary["configs"]) == ["base", "stage3.margin=0.35", "stage2.mask_prob=0.3"]
     assert all(e["complete"] for e in summary["configs"].values())
-    assert "--one-at-a-time" in summary["command"]
+    rerun = get_parser().parse_args(shlex.split(summary["command"])[1:])  # the recorded command resumes this run
+    assert (rerun.one_at_a_time, rerun.folds, rerun.out, rerun.grid) == (True, "1", str(out), ["stage3.margin=0.35", "stage2.mask_prob=0.3"])
     steps = out / "steps" / "fold1"  # the margin reuses the base's stage 2; the mask probability its stage 1
     assert [len(list(steps.glob(f"{s}-*"))) for s in ("stage1", "pseudo", "stage2", "stage3")] == [1, 1, 2, 3]
     base = json.loads((out / "base" / "config.json").read_text())
