@@ -96,8 +96,7 @@ def cmd_reproduce(args) -> int:
     results = Path(args.results or f"results/{args.recipe}")
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     names = args.systems.split(",") if args.systems else None
-    command = shlex.join(["gmptl", "reproduce", args.recipe, "--root", args.root]
-                         + (["--config", args.config] if args.config else [])
+    command = shlex.join(["gmptl", "reproduce", args.recipe, "--root", args.root] + given(args, "config")
                          + [a for o in (args.set or []) for a in ("--set", o)]
                          + given(args, "folds", "out", "results"))
     written = reproduce(args.recipe, args.root, out, results, names, folds, args.jobs, args.set or [],
