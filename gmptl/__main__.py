@@ -130,9 +130,14 @@ def cmd_compare(args) -> int:
     from .cv import compare_runs, format_comparison
     from .provenance import provenance
 
-    result = compare_runs(Path(args.a), Path(args.b), rounds=args.rounds)
+    if args.vs is None and len(args.runs) != 2:
+        raise GmptlError(f"compare: {len(args.runs)} run director{'y' if len(args.runs) == 1 else 'ies'} given; give two (A B), or A... --vs B... "
+                          "for replicate runs of each system")
+    a, b = (args.runs, args.vs) if args.vs is not None else (args.runs[:1], args.runs[1:])
+    result = compare_runs([Path(r) for r in a], [Path(r) for r in b], rounds=args.rounds)
     if args.json:
-        command = shlex.join(["gmptl", "compare", args.a, args.b, "--rounds", str(args.rounds), "--json"])
+        words = [*a, "--vs", *b] if args.vs is not None else [*a, *b]
+        command = shlex.join(["gmptl", "compare", *words, "--rounds", str(args.rounds), "--json"])
         print(json.dumps({**result, "command": command, **provenance()}, indent=2))
     else:
         print(format_comparison(result))
@@ -350,9 +355,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("compare", help="is run A better than run B? paired test over the test speakers")
-    p.add_argument("a", help="run directory A (gmptl cv --out, or one system or sweep config directory)")
-    p.add_argument("b", help="run directory B, tested on the same folds")
+    p = sub.add_parser("compare", help="is run A better than run B? paired test over the test speakers",
+                       description="gmptl compare A B: paired difference of two runs over their test speakers. "
+                                   "gmptl compare A1 A2 ... --vs B1 B2 ...: each side the mean of its replicate "
+                                   "runs (seeds, reruns; the counts may differ).")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories (gmptl cv --out, or one system or sweep config directory): A and B, "
+                        "or A's replicates when --vs is given")
+    p.add_argument("--vs", nargs="+", metavar="RUN", help="B's replicate runs, tested on the same folds")
     p.add_argument("--rounds", type=int, default=10000, help="bootstrap and permutation rounds (default 10000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compare)

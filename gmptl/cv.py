@@ -3,6 +3,7 @@
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,51 +94,82 @@ def read_fold_predictions(run: Path) -> dict[int, tuple[list[str], dict[str, dic
     return found
 
 
-def compare_runs(a: Path, b: Path, rounds: int = 10000, seed: int = 0) -> dict:
-    """Paired comparison of two runs on the folds both finished (``metrics.paired_difference``).
+def compare_runs(a: Path | Sequence[Path], b: Path | Sequence[Path], rounds: int = 10000, seed: int = 0) -> dict:
+    """Paired comparison of two systems on the folds all their runs finished (``metrics.paired_difference``).
 
-    ``a`` and ``b`` are run directories with ``fold{k}/predictions.jsonl`` and ``result.json``:
-    a ``gmptl cv`` run, one system of ``gmptl reproduce`` or one config of ``gmptl sweep``.
+    ``a`` and ``b`` are run directories with ``fold{k}/predictions.jsonl`` and ``result.json``
+    (a ``gmptl cv`` run, one system of ``gmptl reproduce`` or one config of ``gmptl sweep``), or
+    lists of such directories: replicate runs of one system (seeds, reruns), averaged.
     """
     from .metrics import paired_difference, scores
 
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: give at least 1")
-    preds_a, preds_b = read_fold_predictions(a), read_fold_predictions(b)
-    for run, preds in ((a, preds_a), (b, preds_b)):
-        if not preds:
+    runs_a, runs_b = ([Path(r)] if isinstance(r, (str, Path)) else [Path(x) for x in r] for r in (a, b))
+    if not runs_a or not runs_b:
+        raise ConfigError("compare: give at least one run directory on each side")
+    seen = {}
+    for run in runs_a + runs_b:
+        if run.resolve() in seen:
+            raise ConfigError(f"{run}: the same run directory given twice")
+        seen[run.resolve()] = run
+    preds = {run: read_fold_predictions(run) for run in runs_a + runs_b}
+    for run, found in preds.items():
+        if not found:
             raise ConfigError(f"{run}: no finished fold (fold*/predictions.jsonl with result.json)")
-    folds = sorted(set(preds_a) & set(preds_b))
+    folds = sorted(set.intersection(*(set(found) for found in preds.values())))
     if not folds:
-        raise ConfigError(f"{a} (folds {sorted(preds_a)}) and {b} (folds {sorted(preds_b)}) share no finished fold")
-    y, pa, pb, speakers, fold_of, per_fold = [], [], [], [], [], []
+        raise ConfigError("share no finished fold: " + ", ".join(f"{run} (folds {sorted(found)})"
+                                                                 for run, found in preds.items()))
+    ref = runs_a[0]
+    y, speakers, fold_of, per_fold = [], [], [], []
+    predicted = {run: [] for run in preds}
+    per_run = {run: [] for run in preds}  # each fold's scores
     for k in folds:
-        (labels, rows_a), (labels_b, rows_b) = preds_a[k], preds_b[k]
-        if labels != labels_b:
-            raise ConfigError(f"fold {k}: {a} has classes {labels}, {b} has {labels_b}")
-        if rows_a.keys() != rows_b.keys():
-            raise ConfigError(f"fold {k}: {a} and {b} were tested on different utterances "
-                              f"({len(rows_a.keys() - rows_b.keys())} and {len(rows_b.keys() - rows_a.keys())} "
-                              "not in the other)")
+        labels, rows_ref = preds[ref][k]
+        for run in preds:
+            other_labels, rows = preds[run][k]
+            if other_labels != labels:
+                raise ConfigError(f"fold {k}: {ref} has classes {labels}, {run} has {other_labels}")
+            if rows.keys() != rows_ref.keys():
+                raise ConfigError(f"fold {k}: {ref} and {run} were tested on different utterances "
+                                  f"({len(rows_ref.keys() - rows.keys())} and {len(rows.keys() - rows_ref.keys())} "
+                                  "not in the other)")
         index = {c: i for i, c in enumerate(labels)}
-        ids = sorted(rows_a)
-        ty = [index[rows_a[i]["emotion"]] for i in ids]
-        ta, tb = ([index[rows[i]["predicted"]] for i in ids] for rows in (rows_a, rows_b))
-        per_fold.append({"fold": k, "uar_a": scores(ty, ta, labels)["uar"], "uar_b": scores(ty, tb, labels)["uar"]})
+        ids = sorted(rows_ref)
+        ty = [index[rows_ref[i]["emotion"]] for i in ids]
+        for run in preds:
+            p = [index[preds[run][k][1][i]["predicted"]] for i in ids]
+            predicted[run] += p
+            per_run[run].append(scores(ty, p, labels))
+        per_fold.append({"fold": k, "uar_a": float(np.mean([per_run[r][-1]["uar"] for r in runs_a])),
+                         "uar_b": float(np.mean([per_run[r][-1]["uar"] for r in runs_b]))})
         y += ty
-        pa += ta
-        pb += tb
-        speakers += [rows_a[i]["speaker"] for i in ids]
+        speakers += [rows_ref[i]["speaker"] for i in ids]
         fold_of += [k] * len(ids)
-    stats = paired_difference(y, pa, pb, speakers, fold_of, len(labels), rounds=rounds, seed=seed)
-    return {"a": str(a), "b": str(b), "per_fold": per_fold, **stats}
+    stats = paired_difference(y, [predicted[r] for r in runs_a], [predicted[r] for r in runs_b],
+                              speakers, fold_of, len(labels), rounds=rounds, seed=seed)
+    if len(runs_a) == len(runs_b) == 1:
+        return {"a": str(ref), "b": str(runs_b[0]), "per_fold": per_fold, **stats}
+    out = {"a": [str(r) for r in runs_a], "b": [str(r) for r in runs_b], "per_fold": per_fold, **stats}
+    for side, runs in (("a", runs_a), ("b", runs_b)):  # each run's own means: the spread between reruns
+        out[f"runs_{side}"] = [{"run": str(r), "war": float(np.mean([f["war"] for f in per_run[r]])),
+                                "uar": float(np.mean([f["uar"] for f in per_run[r]]))} for r in runs]
+    return out
 
 
 def format_comparison(c: dict) -> str:
     """The per-fold UARs of a ``compare_runs`` result and the difference with its interval and p-value."""
-    lines = [f"A = {c['a']}", f"B = {c['b']}",
-             f"{c['folds']} fold(s), {c['speakers']} test speakers, {c['utterances']} utterances", "",
-             f"{'fold':>6} {'UAR A':>7} {'UAR B':>7} {'A - B':>7}"]
+    lines = []
+    for side in ("a", "b"):
+        if isinstance(c[side], str):
+            lines.append(f"{side.upper()} = {c[side]}")
+        else:
+            runs = [f"{r['run']}  (UAR {r['uar']:.2f}, WAR {r['war']:.2f})" for r in c[f"runs_{side}"]]
+            lines += [f"{side.upper()} = {runs[0]}"] if len(runs) == 1 else \
+                [f"{side.upper()} = mean of {len(runs)} runs:", *(f"    {r}" for r in runs)]
+    lines += [f"{c['folds']} fold(s), {c['speakers']} test speakers, {c['utterances']} utterances", "",
+              f"{'fold':>6} {'UAR A':>7} {'UAR B':>7} {'A - B':>7}"]
     for f in c["per_fold"]:
         lines.append(f"{f['fold']:>6} {f['uar_a']:7.2f} {f['uar_b']:7.2f} {f['uar_a'] - f['uar_b']:+7.2f}")
     lines.append("")

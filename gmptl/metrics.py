@@ -40,8 +40,10 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
     """How sure is "system A beats system B"? Both systems' predictions on the same test utterances.
 
     The statistic is the one the tables report: WAR and UAR computed per fold, averaged over
-    folds, A minus B. Speakers are the unit of resampling (utterances of one speaker are not
-    independent):
+    folds, A minus B. ``pred_a`` and ``pred_b`` are (N,) or, for replicate runs of a system
+    (seeds, reruns), (R, N): a system's hits are then averaged over its runs, so its WAR and
+    UAR are the means over its runs (recall is linear in the hits), and R may differ between A
+    and B. Speakers are the unit of resampling (utterances of one speaker are not independent):
 
     - ``*_ci``: 95 % percentile interval of a bootstrap over the test speakers (drawn with
       replacement from all folds, ``rounds`` times; each keeps its fold, and a fold counts by
@@ -50,7 +52,10 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
       at random; the chance of a difference at least as large if the two systems were
       interchangeable.
     """
-    y, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    y = np.asarray(y_true)
+    a, b = (np.atleast_2d(np.asarray(v)) for v in (pred_a, pred_b))
+    if a.shape[1] != len(y) or b.shape[1] != len(y):
+        raise ValueError(f"predictions for {a.shape[1]} and {b.shape[1]} utterances, labels for {len(y)}")
     spk_names, spk = np.unique(np.asarray(speakers), return_inverse=True)
     fold_of = np.zeros(len(spk_names), dtype=np.int64)
     fold_of[spk] = np.asarray(folds)
@@ -59,8 +64,8 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
     support = np.zeros((len(spk_names), num_classes))
     np.add.at(support, (spk, y), 1)
     hits_a, hits_b = (np.zeros_like(support) for _ in range(2))
-    np.add.at(hits_a, (spk, y), a == y)
-    np.add.at(hits_b, (spk, y), b == y)
+    np.add.at(hits_a, (spk, y), (a == y).mean(0))
+    np.add.at(hits_b, (spk, y), (b == y).mean(0))
     fold_ids = np.unique(fold_of)
 
     def war_uar(weights, hits, swap=None, other=None):

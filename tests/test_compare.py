@@ -1,6 +1,7 @@
 """`gmptl compare`: paired difference of two systems over the same test speakers, with its uncertainty."""
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,60 @@ def test_compare_refuses_runs_that_cannot_be_paired(tmp_path):
         compare_runs(tmp_path / "a", tmp_path / "c")
     with pytest.raises(ConfigError, match="--rounds 0"):
         compare_runs(tmp_path / "c", tmp_path / "c", rounds=0)
+
+
+def test_replicate_runs_are_averaged_hit_for_hit():
+    """(R, N) predictions: a side's WAR and UAR are the means over its runs, and a run given twice
+    changes nothing, interval and p-value included."""
+    rng = np.random.default_rng(5)
+    y, spk, fold = corpus(rng)
+    a1, a2, b = noisy(rng, y, 0.7), noisy(rng, y, 0.55), noisy(rng, y, 0.6)
+    both = paired_difference(y, [a1, a2], b, spk, fold, len(LABELS), rounds=300, seed=1)
+    each = [paired_difference(y, a, b, spk, fold, len(LABELS), rounds=300, seed=1) for a in (a1, a2)]
+    assert both["uar_diff"] == pytest.approx(np.mean([c["uar_diff"] for c in each]))
+    assert both["war_diff"] == pytest.approx(np.mean([c["war_diff"] for c in each]))
+    once = paired_difference(y, a1, b, spk, fold, len(LABELS), rounds=300, seed=1)
+    twice = paired_difference(y, [a1, a1], [b, b, b], spk, fold, len(LABELS), rounds=300, seed=1)
+    assert twice == once
+    with pytest.raises(ValueError, match="predictions for 10"):
+        paired_difference(y, [a1[:10]], b, spk, fold, len(LABELS))
+
+
+def test_replicates_narrow_the_interval_of_two_equal_systems():
+    """Reruns that guess differently on the hard utterances: one run per side leaves a wide interval
+    around a difference that is pure rerun noise, the mean of 8 runs per side a narrower one."""
+    rng = np.random.default_rng(6)
+    y, spk, fold = corpus(rng)
+    runs = [noisy(rng, y, 0.6) for _ in range(16)]
+    one = paired_difference(y, runs[0], runs[8], spk, fold, len(LABELS), rounds=1000, seed=2)
+    many = paired_difference(y, runs[:8], runs[8:], spk, fold, len(LABELS), rounds=1000, seed=2)
+    width = lambda c: c["uar_ci"][1] - c["uar_ci"][0]  # noqa: E731
+    assert width(many) < 0.6 * width(one)
+    assert many["uar_ci"][0] < 0 < many["uar_ci"][1]
+
+
+def test_compare_replicates_cli_and_record(tmp_path, capsys):
+    write_run(tmp_path / "a1", {1: fold_rows(1, 8), 2: fold_rows(2, 6), 3: fold_rows(3, 8)})
+    write_run(tmp_path / "a2", {1: fold_rows(1, 6), 2: fold_rows(2, 8)})
+    write_run(tmp_path / "b", {1: fold_rows(1, 4), 2: fold_rows(2, 4), 3: fold_rows(3, 4)})
+    c = compare_runs([tmp_path / "a1", tmp_path / "a2"], [tmp_path / "b"], rounds=200)
+    assert [f["fold"] for f in c["per_fold"]] == [1, 2]  # the folds every run finished
+    single = [compare_runs(tmp_path / a, tmp_path / "b", rounds=200)["per_fold"][:2] for a in ("a1", "a2")]
+    uar_a = np.array([[f["uar_a"] for f in s] for s in single])  # (run, fold) on folds 1-2
+    assert [f["uar_a"] for f in c["per_fold"]] == pytest.approx(uar_a.mean(0).tolist())
+    assert [r["uar"] for r in c["runs_a"]] == pytest.approx(uar_a.mean(1).tolist())
+    assert c["uar_diff"] == pytest.approx(uar_a.mean() - np.mean([f["uar_b"] for f in single[0]]))
+    args = [str(tmp_path / "a1"), str(tmp_path / "a2"), "--vs", str(tmp_path / "b"), "--rounds", "200"]
+    assert main(["compare", *args]) == 0
+    out = capsys.readouterr().out
+    assert "A = mean of 2 runs:" in out and "B = " in out and "2 fold(s)" in out
+    assert main(["compare", *args, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["uar_diff"] == pytest.approx(c["uar_diff"]) and len(record["runs_a"]) == 2
+    assert shlex.split(record["command"])[2:] == [*args, "--json"]  # reruns the same comparison
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(tmp_path / "a1"), str(tmp_path / "a2"), str(tmp_path / "b")])
+    assert e.value.code == 2
+    assert "give two (A B), or A... --vs B..." in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a1: the same run directory given twice"):
+        compare_runs([tmp_path / "a1"], [tmp_path / "b", tmp_path / "x" / ".." / "a1"])
