@@ -116,10 +116,11 @@ def cmd_sweep(args) -> int:
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     command = shlex.join(["gmptl", "sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
                          + [a for g in args.grid for a in ("--grid", g)]
-                         + (["--one-at-a-time"] if args.one_at_a_time else []) + given(args, "folds")
+                         + (["--one-at-a-time"] if args.one_at_a_time else []) + given(args, "seeds", "folds")
                          + ["--out", str(out)])
     summary = sweep(args.config, args.set or [], args.grid, out, folds, args.jobs, command,
-                    run=not args.report_only, report=not args.no_report, single=args.one_at_a_time)
+                    run=not args.report_only, report=not args.no_report, single=args.one_at_a_time,
+                    seeds=1 if args.seeds is None else args.seeds)
     if summary:
         print(format_sweep(summary))
         print(f"results: {out / 'sweep.json'}")
@@ -348,6 +349,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="a setting and its values (repeat for more settings: every combination runs)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="run the base config and each --grid value changed alone, not every combination")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="run every config N times (train.seed s, s+1, ...; the first in OUT/<config>, the others "
+                        "in OUT/<config>@seed<s>) and choose and compare on the means over them (default 1)")
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, folds dealt out among them (GPU: 6)")
     p.add_argument("--out", help="run directory (default runs/sweep-<config name>); rerun to resume")

@@ -4,12 +4,13 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gmptl.__main__ import get_parser, main
 from gmptl.cv import compare_runs
 from gmptl.errors import ConfigError
-from gmptl.sweep import combinations, config_name, one_at_a_time, parse_grid, split_values, summarize
+from gmptl.sweep import combinations, config_name, format_sweep, one_at_a_time, parse_grid, split_values, summarize
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +152,52 @@ def test_sigterm_to_the_parent_ends_its_workers(tmp_path):
     finally:
         for pid in workers():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_replicate_seeds_choose_on_their_mean_and_need_every_seed(tmp_path):
+    """--seeds: a config's figures are the means over its seeds' runs; one lucky seed does not choose it."""
+    configs = [["stage3.margin=0.1"], ["stage3.margin=0.2"]]
+    # (valid, test) per fold for seed 0 and seed 1: 0.1 has the best single seed, 0.2 the best mean
+    runs = {"stage3.margin=0.1": [(80, 70), (80, 70)], "stage3.margin=0.1@seed1": [(50, 60), (50, 60)],
+            "stage3.margin=0.2": [(70, 65), (70, 65)], "stage3.margin=0.2@seed1": [(70, 55), (68, 55)]}
+    for run, rows in runs.items():
+        for k, (v, t) in enumerate(rows, start=1):
+            fake_result(tmp_path / run / f"fold{k}", k, v, t)
+    summary = summarize(tmp_path, configs, [1, 2], "cmd", seeds=[0, 1])
+    assert summary["chosen"] == "stage3.margin=0.2" and summary["seeds"] == [0, 1] and "2 seeds" in summary["rule"]
+    entry = summary["configs"]["stage3.margin=0.2"]
+    assert [f["valid_uar"] for f in entry["folds"]] == [70, 69] and entry["uar_mean"] == pytest.approx(60)
+    assert [(r["seed"], r["run"], r["valid_uar_mean"]) for r in entry["seeds"]] == [
+        (0, "stage3.margin=0.2", 70), (1, "stage3.margin=0.2@seed1", 69)]
+    assert "seeds 0: valid 70.00 test 65.00, 1: valid 69.00 test 55.00" in format_sweep(summary)
+    assert summarize(tmp_path, configs, [1, 2], "cmd")["chosen"] == "stage3.margin=0.1"  # one seed: the lucky one
+    (tmp_path / "stage3.margin=0.2@seed1" / "fold2" / "result.json").unlink()  # a seed short of a fold
+    summary = summarize(tmp_path, configs, [1, 2], "cmd", seeds=[0, 1])
+    assert not summary["configs"]["stage3.margin=0.2"]["complete"] and summary["chosen"] == "stage3.margin=0.1"
+
+
+@pytest.mark.slow
+def test_seeds_run_replicates_and_pair_them_against_the_base(tmp_path, capsys):
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    out = tmp_path / "seeds"
+    args = ["sweep", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"data.root={manifest}",
+            "--set", "train.seed=3", "--one-at-a-time", "--grid", "stage3.margin=0.35", "--seeds", "2",
+            "--folds", "1", "--out", str(out)]
+    assert main(args) == 0
+    runs = {"base": 3, "base@seed4": 4, "stage3.margin=0.35": 3, "stage3.margin=0.35@seed4": 4}
+    for run, seed in runs.items():
+        assert json.loads((out / run / "config.json").read_text())["train"]["seed"] == seed
+        assert (out / run / "fold1" / "result.json").exists()
+    assert len(list((out / "steps" / "fold1").glob("stage1-*"))) == 2  # one stage 1 per seed, shared by the configs
+    summary = json.loads((out / "sweep.json").read_text())
+    paired = compare_runs([out / "stage3.margin=0.35", out / "stage3.margin=0.35@seed4"], [out / "base", out / "base@seed4"])
+    assert summary["configs"]["stage3.margin=0.35"]["vs_base"]["uar_diff"] == pytest.approx(paired["uar_diff"])
+    base = [json.loads((out / r / "fold1" / "result.json").read_text())["uar"] for r in ("base", "base@seed4")]
+    assert summary["configs"]["base"]["uar_mean"] == pytest.approx(np.mean(base))
+    rerun = get_parser().parse_args(shlex.split(summary["command"])[1:])
+    assert (rerun.seeds, rerun.out) == (2, str(out))
+    assert "seeds 3: valid" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit:
+        main([*args[:-2], "--grid", "train.seed=7", "--out", str(tmp_path / "o")])
+    assert exit.value.code == 2 and "train.seed is already a grid axis" in capsys.readouterr().err
