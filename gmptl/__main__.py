@@ -132,10 +132,10 @@ def cmd_compare(args) -> int:
     from .provenance import provenance
 
     if args.vs is None and len(args.runs) != 2:
-        raise GmptlError(f"compare: {len(args.runs)} run director{'y' if len(args.runs) == 1 else 'ies'} given; give two (A B), or A... --vs B... "
-                          "for replicate runs of each system")
+        given_runs = f"{len(args.runs)} run director{'y' if len(args.runs) == 1 else 'ies'} given"
+        raise GmptlError(f"compare: {given_runs}; give two (A B), or A... --vs B... for replicate runs of each system")
     a, b = (args.runs, args.vs) if args.vs is not None else (args.runs[:1], args.runs[1:])
-    result = compare_runs([Path(r) for r in a], [Path(r) for r in b], rounds=args.rounds)
+    result = compare_runs(a, b, rounds=args.rounds)
     if args.json:
         words = [*a, "--vs", *b] if args.vs is not None else [*a, *b]
         command = shlex.join(["gmptl", "compare", *words, "--rounds", str(args.rounds), "--json"])

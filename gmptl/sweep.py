@@ -161,8 +161,9 @@ def format_sweep(summary: dict) -> str:
             line += f"   {v['uar_diff']:+6.2f} [{v['uar_ci'][0]:+.2f}, {v['uar_ci'][1]:+.2f}], p = {v['p_uar']:.2g}"
         lines.append(line)
         if "seeds" in e:  # each replicate's own means: how far one run of the config moves
-            lines.append(f"{'':<4}seeds " + ", ".join(f"{r['seed']}: valid {r['valid_uar_mean']:.2f} test {r['uar_mean']:.2f}"
-                                                   if "uar_mean" in r else f"{r['seed']}: -" for r in e["seeds"]))
+            lines.append("    seeds " + ", ".join(
+                f"{r['seed']}: valid {r['valid_uar_mean']:.2f} test {r['uar_mean']:.2f}" if "uar_mean" in r
+                else f"{r['seed']}: -" for r in e["seeds"]))
     lines.append(f"* chosen: {summary['chosen'] or 'none yet (no config has every fold)'} ({summary['rule']})")
     return "\n".join(lines)
 
@@ -184,7 +185,8 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
     if same := [c[0] for c, cfg in zip(configs[1:], cfgs[1:]) if single and cfg == cfgs[0]]:
         raise ConfigError(f"--one-at-a-time: {', '.join(same)} is what the base config has already")
     seed_list = [cfgs[0].train.seed + r for r in range(seeds)]
-    runs = [(run, load_config(config, [*overrides, *o])) for c in configs for run, o in replicates(c, seed_list)]
+    runs = [(run, cfg if o is c else load_config(config, [*overrides, *o]))  # the first seed is the config itself
+            for c, cfg in zip(configs, cfgs) for run, o in replicates(c, seed_list)]
     if run:
         for _, cfg in runs:
             check_precision(cfg.train.device, cfg.train.precision)
