@@ -97,6 +97,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     patience: int = 3                  # epochs without validation gain (train.select) before stopping
     select: str = "uar"                # uar | loss: the validation figure that picks the epoch of stages 1 and 3
+    average: int = 1                   # a stage hands on the mean of its K best epochs' weights (by validation),
+                                       # not the best epoch's alone (checkpoint averaging); 1: the best epoch; ours
     max_padding: float = 0.10          # warn when more of a batch than this is padding
     seed: int = 0
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
@@ -131,6 +133,7 @@ class Config:
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
             (self.train.select in ("uar", "loss"), "train.select must be 'uar' or 'loss'"),
+            (self.train.average >= 1, "train.average must be >= 1"),
             (self.train.head_weight_decay >= 0, "train.head_weight_decay must be >= 0"),
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),

@@ -109,7 +109,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
-         ("train", "head_weight_decay", 0.0), ("train", "select", "uar")]
+         ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -254,9 +254,12 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
 
 
 def chosen_valid_uar(stages: dict) -> float:
-    """The validation UAR of the final model's epoch: stage 3's, or stage 1's when there is no stage 3
-    (the epoch is chosen by it, or with ``train.select=loss`` by the validation loss)."""
+    """The validation UAR of the final model: stage 3's, or stage 1's when there is no stage 3 (its chosen
+    epoch's, chosen by it or with ``train.select=loss`` by the validation loss; with ``train.average``
+    that of the averaged weights)."""
     stage = stages["stage3" if "stage3" in stages else "stage1"]
+    if "average" in stage:
+        return stage["average"]["valid"]["valid_uar"]
     return stage.get("best_valid", {}).get("valid_uar", stage["best_score"])  # results before best_valid: UAR chose
 
 

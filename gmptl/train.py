@@ -1,4 +1,5 @@
-"""One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints."""
+"""One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints,
+checkpoint averaging."""
 
 import contextlib
 import json
@@ -147,6 +148,11 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     an uninterrupted run. A finished stage is skipped. The first ``cfg.frozen_epochs``
     epochs train the heads only (LP-FT).
 
+    With ``cfg.average`` K > 1 the K best epochs' weights are kept in ``top/`` while
+    training, and the stage hands on their mean (checkpoint averaging): it is
+    scored on validation (``average`` in the summary) and written to
+    ``best.safetensors``; ``top/`` then keeps the best epoch's own weights only.
+
     Under torchrun (see ``gmptl.dist``) the micro-batches of every optimizer step
     are dealt out to the ranks and their gradients summed before the step: the
     same update as one process with the same ``batch_size``. Only rank 0 writes.
@@ -160,13 +166,13 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         return json.loads(done.read_text())
 
     opt = make_optimizer(model, cfg)
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "top": []}
     last = out_dir / "last.safetensors"
     if last.exists():
         tensors = load_file(str(last))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
-        state = json.loads((out_dir / "last.json").read_text())
+        state = {"top": [], **json.loads((out_dir / "last.json").read_text())}
         log.info("%s: resuming after epoch %d", stage.name, state["epoch"])
 
     accumulate = cfg.batch_size // cfg.micro_batch
@@ -221,7 +227,10 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                   "padding": round(padding, 4), "encoder_frozen": frozen,
                   **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
         improved = metrics["score"] > state["best"]
-        state.update(epoch=epoch, history=state["history"] + [record])
+        ranked = sorted(state["top"] + [[metrics["score"], epoch]], key=lambda t: (-t[0], t[1]))  # ties: earlier
+        dropped = [e for _, e in ranked[cfg.average:]] if cfg.average > 1 else []
+        state.update(epoch=epoch, history=state["history"] + [record],
+                     top=ranked[:cfg.average] if cfg.average > 1 else [])
         if improved:
             state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
         else:
@@ -229,26 +238,59 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         if dist.is_main():
             if improved:
                 atomic_save(model.state_dict(), out_dir / "best.safetensors")
+            if epoch not in dropped and cfg.average > 1:
+                atomic_save(model.state_dict(), top_file(out_dir, epoch))
             atomic_save({**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)}, last)
             atomic_json(state, out_dir / "last.json")
             tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
             tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
             os.replace(tmp, logfile)
+            for e in dropped:  # after last.json: a run killed before has them all still
+                top_file(out_dir, e).unlink(missing_ok=True)
         dist.barrier()  # the other ranks read nothing before rank 0 has written it
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
                  record["train_loss"], metrics["score"], " *" if improved else "", train_s)
 
     for p in encoder:  # the next stage may train this encoder
         p.requires_grad_(True)
-    model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
     best = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_score": state["best"], "best_valid": {k: v for k, v in best.items() if k.startswith("valid_")},
                "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
                "history": state["history"]}
+    if len(state["top"]) > 1:
+        epochs = [e for _, e in state["top"]]
+        model.load_state_dict(average_weights([top_file(out_dir, e) for e in epochs]))
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(device, cfg.precision):
+            metrics = stage.evaluate(model)
+        summary["average"] = {"epochs": epochs, "valid": {f"valid_{k}": v for k, v in metrics.items()
+                                                           if np.isscalar(v)}}
+        summary["wall_s"] = round(summary["wall_s"] + time.perf_counter() - start, 1)
+        log.info("%s: mean of the weights of epochs %s: valid score %.4f (best epoch %d alone: %.4f)", stage.name,
+                 ", ".join(map(str, epochs)), metrics["score"], state["best_epoch"], state["best"])
+        if dist.is_main():
+            atomic_save(model.state_dict(), out_dir / "best.safetensors")
+    else:
+        model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
     dist.barrier()
     if dist.is_main():
         atomic_json(summary, done)
         last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
+        for e in [e for _, e in state["top"] if e != state["best_epoch"]]:
+            top_file(out_dir, e).unlink(missing_ok=True)
     dist.barrier()
     return summary
+
+
+def top_file(out_dir: Path, epoch: int) -> Path:
+    """Where ``train.average`` keeps the weights of one of the best epochs."""
+    (out_dir / "top").mkdir(exist_ok=True)
+    return out_dir / "top" / f"epoch{epoch}.safetensors"
+
+
+def average_weights(paths: list[Path]) -> dict:
+    """The mean of several state dicts (checkpoint averaging); integer tensors (counters) from the first."""
+    states = [load_file(str(p)) for p in paths]
+    return {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}

@@ -187,6 +187,25 @@ def test_select_by_validation_loss_picks_the_epoch_of_least_loss(corpus, tmp_pat
               "--out", str(tmp_path / "bad")])
 
 
+def test_checkpoint_averaging_through_every_stage(corpus, tmp_path):
+    from gmptl.modeldir import load_model_dir
+
+    out = tmp_path / "avg"
+    assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "train.average=2",
+                 "--set", "stage1.epochs=3", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    for stage in ("stage1", "stage2", "stage3"):
+        s = result["stages"][stage]
+        log = [json.loads(line) for line in (out / stage / "log.jsonl").read_text().splitlines()]
+        ranked = sorted(log, key=lambda r: (-r["valid_score"], r["epoch"]))
+        assert s["average"]["epochs"] == [r["epoch"] for r in ranked[:2]], stage
+        assert [p.name for p in (out / stage / "top").iterdir()] == [f"epoch{s['best_epoch']}.safetensors"]
+    averaged = result["stages"]["stage3"]["average"]["valid"]["valid_uar"]
+    assert chosen_valid_uar(result["stages"]) == averaged, "the system is chosen by its averaged weights' score"
+    model, meta = load_model_dir(out / "model")
+    assert meta["metrics"]["valid_uar"] == averaged
+
+
 def test_frozen_probe_baseline(corpus, tmp_path):
     out = tmp_path / "probe"
     assert main(["cv", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "system=probe",

@@ -113,3 +113,66 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_anything_runs(tmp_p
         err = capsys.readouterr().err
         assert exit.value.code != 0 and err.startswith("gmptl: error: precision bf16: this CPU has no native bf16")
         assert not out.exists(), f"{command[0]}: refused before the run directory was made"
+
+
+def fit_scored(train_set, out: Path, overrides: list[str], scores: list[float], snapshots: dict | None = None):
+    """Stage 1 of the tiny config whose validation scores are ``scores`` in turn; ``snapshots`` collects
+    the weights each scoring saw (epoch order, then the averaged weights)."""
+    cfg = load_config(CONFIG, ["train.device=cpu", "train.patience=10", *overrides])
+    torch.manual_seed(0)
+    model = classifier(cfg, new_encoder(cfg), len(train_set.labels), gender=True, kind="linear")
+    scores = iter(scores)
+
+    def evaluate(m):
+        if snapshots is not None:
+            snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in m.state_dict().items()}
+        score = next(scores)
+        if score is None:
+            raise KeyboardInterrupt("killed")
+        return {"score": score, "uar": 100 * score}
+
+    return model, fit(Stage("stage1", model, stage1_loss(0.9), evaluate, cfg.stage1.epochs), train_set,
+                      cfg.train, 1.0, out)
+
+
+def test_average_hands_on_the_mean_of_the_k_best_epochs_weights(train_set, tmp_path):
+    from safetensors.torch import load_file
+
+    seen = {}
+    model, summary = fit_scored(train_set, tmp_path / "avg", ["stage1.epochs=5", "train.average=3"],
+                                [0.1, 0.5, 0.3, 0.4, 0.2, 0.45], seen)
+    assert summary["best_epoch"] == 2 and summary["average"]["epochs"] == [2, 4, 3]
+    assert summary["average"]["valid"] == {"valid_score": 0.45, "valid_uar": 45.0}, "the mean is scored too"
+    final = model.state_dict()
+    assert all(torch.equal(seen[6][k], v) for k, v in final.items()), "the averaged weights were scored"
+    for name, value in final.items():
+        if value.is_floating_point():
+            mean = (seen[2][name] + seen[4][name] + seen[3][name]) / 3
+            assert torch.allclose(value, mean, atol=1e-6), name
+    moved = [k for k, v in final.items() if v.is_floating_point() and not torch.equal(v, seen[2][k])]
+    assert any(k.startswith("encoder.") for k in moved), "the mean differs from the best epoch's weights"
+    stored = load_file(str(tmp_path / "avg" / "best.safetensors"))
+    assert all(torch.equal(stored[k], v) for k, v in final.items()), "best.safetensors holds what is handed on"
+    assert sorted(p.name for p in (tmp_path / "avg" / "top").iterdir()) == ["epoch2.safetensors"]
+    best = load_file(str(tmp_path / "avg" / "top" / "epoch2.safetensors"))
+    assert all(torch.equal(best[k], seen[2][k]) for k in best), "the best epoch's own weights are kept"
+
+    again = fit_scored(train_set, tmp_path / "avg", ["stage1.epochs=5", "train.average=3"], [])[0]  # done: loaded
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in final.items())
+
+    plain, summary = fit_scored(train_set, tmp_path / "one", ["stage1.epochs=5"], [0.1, 0.5, 0.3, 0.4, 0.2])
+    assert "average" not in summary and not (tmp_path / "one" / "top").exists()
+    assert all(torch.equal(plain.state_dict()[k], seen[2][k]) for k in seen[2]), "average 1: the best epoch"
+    with pytest.raises(ConfigError, match="train.average must be >= 1"):
+        load_config(None, ["train.average=0"])
+
+
+def test_average_resumes_after_a_kill_with_the_same_weights(train_set, tmp_path):
+    scores = [0.1, 0.5, 0.3, 0.4, 0.2, 0.45]
+    whole, summary = fit_scored(train_set, tmp_path / "whole", ["stage1.epochs=5", "train.average=3"], scores)
+    with pytest.raises(KeyboardInterrupt):  # killed while scoring epoch 4: epochs 1-3 are on disk
+        fit_scored(train_set, tmp_path / "cut", ["stage1.epochs=5", "train.average=3"], [*scores[:3], None])
+    assert sorted(p.name for p in (tmp_path / "cut" / "top").iterdir()) == [f"epoch{e}.safetensors" for e in (1, 2, 3)]
+    resumed, again = fit_scored(train_set, tmp_path / "cut", ["stage1.epochs=5", "train.average=3"], scores[3:])
+    assert again["average"] == summary["average"]
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in whole.state_dict().items())
