@@ -387,6 +387,42 @@ def bench_cuda_paths(args, work: Path) -> dict:
                                    ("bf16+frontend", "bf16", False, False)], args.cuda_batch)
 
 
+def bench_kmeans_rerun(args, work: Path) -> dict:
+    """The torch k-means of ``pseudo.backend=torch`` run twice on the GPU from one start, on the real frames:
+    with its cluster sums added in a fixed order (``cluster_sums``, what gmptl runs) and with plain
+    ``index_add_`` (atomics, what it ran until NOTES item 20 saw two runs drift apart). Per scale: whether the
+    two runs' centroids are bitwise equal, and how many frames the two runs label differently."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench: kmeans_rerun needs a CUDA device")
+    frames = np.ascontiguousarray(ravdess_frames(args, work), dtype=np.float32)
+    out = {"frames": int(len(frames)), "iterations": 25}
+    for k in args.scales:
+        out[str(k)] = kmeans_twice(frames, k, "cuda")
+        print(f"  k={k}: {out[str(k)]}", flush=True)
+    out["target"] = "fixed_order identical at every k"
+    return out
+
+
+def kmeans_twice(frames: np.ndarray, k: int, device: str, iterations: int = 25) -> dict:
+    """Two torch k-means runs from one start, with each way of summing the clusters: are they the same?"""
+    import gmptl.pseudo_labels as pl
+
+    def atomic(x, idx, k):
+        return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, idx, x)
+
+    fixed, start, out = pl.cluster_sums, pl.seed_centroids(frames, k, 0, device), {}
+    for name, sums in (("fixed_order", fixed), ("index_add", atomic)):
+        pl.cluster_sums = sums
+        try:
+            a, b = (pl.torch_kmeans(frames, k, iterations, start, device) for _ in range(2))
+        finally:
+            pl.cluster_sums = fixed
+        la, lb = pl.assign(frames, a, device=device)[0], pl.assign(frames, b, device=device)[0]
+        out[name] = {"identical": bool(np.array_equal(a, b)), "max_abs_diff": float(np.abs(a - b).max()),
+                     "frames_labelled_differently": int((la != lb).sum())}
+    return out
+
+
 def bench_cpu_bf16(args, work: Path) -> dict:
     """The same stage-1 step on this CPU, Whisper tiny.en, 16 clips (train.micro_batch's default): fp32 vs bf16
     autocast, at one thread (as each `--jobs` worker runs) and at all cores."""
@@ -482,7 +518,7 @@ def main() -> None:
     code_version()  # pinned now: the results record the code the run started with
     if not args.ravdess.is_dir():
         sys.exit(f"bench: {args.ravdess}: no RAVDESS directory (--ravdess DIR)")
-    gpu_only = set() if torch.cuda.is_available() else {"cuda_paths"}  # measured where a GPU is lent
+    gpu_only = set() if torch.cuda.is_available() else {"cuda_paths", "kmeans_rerun"}  # measured where a GPU is lent
     names = args.only.split(",") if args.only else [n for n in BENCHES if n not in gpu_only]
     if bad := [n for n in names if n not in BENCHES]:
         sys.exit(f"bench: unknown {', '.join(bad)} (known: {', '.join(BENCHES)})")

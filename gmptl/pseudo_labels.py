@@ -212,12 +212,28 @@ def torch_kmeans(x: np.ndarray, k: int, iterations: int, start: np.ndarray, devi
         for s in range(0, len(data), chunk):
             best[s:s + chunk], idx[s:s + chunk] = nearest(data[s:s + chunk], c, c_sq)
         counts = torch.bincount(idx, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, idx, data)
+        sums = cluster_sums(data, idx, k)
         c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
             c[empty] = data[best.topk(len(empty)).indices]
     return c.cpu().numpy()
+
+
+def cluster_sums(x: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, D) sums of the rows of ``x`` per cluster ``idx``, added in the same order on every run.
+
+    On a GPU ``index_add_`` adds with atomics, in whatever order the threads come, so two runs
+    of the same k-means drifted apart (NOTES item 20); torch's deterministic ``index_add_``
+    sorts the rows by cluster first. On a CPU both are the same.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, idx, x)
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 def chunks(features: np.ndarray, rows: np.ndarray | None = None, chunk: int = 16384, device="cpu"):
@@ -254,7 +270,7 @@ def streamed_pass(features: np.ndarray, centroids: np.ndarray, rows: np.ndarray 
     counts = torch.zeros(len(c), dtype=torch.float64, device=device)
     for _, x in chunks(features, rows, chunk, device):
         _, idx = nearest(x, c, c_sq, distances=False)
-        sums += torch.zeros_like(c).index_add_(0, idx, x).double()
+        sums += cluster_sums(x, idx, len(c)).double()
         counts += torch.bincount(idx, minlength=len(c))
     means = sums / counts.clamp(min=1)[:, None]
     return torch.where(counts[:, None] > 0, means, c.double()).float().cpu().numpy()

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from gmptl.pseudo_labels import assign, fit_kmeans, quality
 
@@ -163,3 +164,24 @@ def test_streamed_pass_is_one_lloyd_step_over_a_memmap(tmp_path):
     assert np.allclose(streamed_pass(feats, start, rows, chunk=500), expected, atol=1e-4)
     c = fit_kmeans(feats, 12, max_frames=4000, seed=0, **schedule("fast", 12, 25, 4000))
     assert len(np.unique(assign(feats, c)[0])) == 12
+
+
+def test_cluster_sums_add_in_a_fixed_order_and_leave_the_global_setting(monkeypatch):
+    from gmptl.pseudo_labels import cluster_sums
+
+    g = torch.Generator().manual_seed(0)
+    x, idx = torch.randn(500, 6, generator=g), torch.randint(0, 7, (500,), generator=g)
+    expected = np.zeros((7, 6))
+    np.add.at(expected, idx.numpy(), x.double().numpy())
+    modes = []
+    add = torch.Tensor.index_add_
+    monkeypatch.setattr(torch.Tensor, "index_add_",
+                        lambda self, *a: modes.append(torch.are_deterministic_algorithms_enabled()) or add(self, *a))
+    for warn_only in (False, True):
+        torch.use_deterministic_algorithms(False, warn_only=warn_only)
+        assert np.allclose(cluster_sums(x, idx, 7).numpy(), expected, atol=1e-5)
+        assert modes.pop() is True, "index_add_ ran in deterministic mode (on a GPU: sorted, not atomics)"
+        assert not torch.are_deterministic_algorithms_enabled(), "the caller's setting is restored"
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    assert cluster_sums(x, idx, 9)[7:].abs().sum() == 0, "an empty cluster sums to zero"
