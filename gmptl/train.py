@@ -217,20 +217,20 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         total, seen = dist.sum_(torch.tensor([total, float(seen)], dtype=torch.float64)).tolist()
         train_s = time.perf_counter() - start
         model.eval()
-        with torch.no_grad(), autocast(device, cfg.precision):
-            metrics = stage.evaluate(model)
+        metrics = validate(stage, model, device, cfg.precision)
         wall_s = time.perf_counter() - start
         audio_s = sum(float(b.lengths.sum()) for b in batches) / train.sample_rate
         record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
                   "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
                   "train_audio_s_per_s": round(audio_s / train_s, 1),
                   "padding": round(padding, 4), "encoder_frozen": frozen,
-                  **{f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}}
+                  **valid_figures(metrics)}
         improved = metrics["score"] > state["best"]
-        ranked = sorted(state["top"] + [[metrics["score"], epoch]], key=lambda t: (-t[0], t[1]))  # ties: earlier
-        dropped = [e for _, e in ranked[cfg.average:]] if cfg.average > 1 else []
-        state.update(epoch=epoch, history=state["history"] + [record],
-                     top=ranked[:cfg.average] if cfg.average > 1 else [])
+        keep = cfg.average if cfg.average > 1 else 0  # average 1: the best epoch alone, top/ unused
+        top = sorted(state["top"] + [[metrics["score"], epoch]], key=lambda t: (-t[0], t[1]))[:keep]  # ties: earlier
+        kept = {e for _, e in top}
+        dropped = [e for _, e in state["top"] if e not in kept]
+        state.update(epoch=epoch, history=state["history"] + [record], top=top)
         if improved:
             state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
         else:
@@ -238,7 +238,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         if dist.is_main():
             if improved:
                 atomic_save(model.state_dict(), out_dir / "best.safetensors")
-            if epoch not in dropped and cfg.average > 1:
+            if epoch in kept:
+                (out_dir / "top").mkdir(exist_ok=True)
                 atomic_save(model.state_dict(), top_file(out_dir, epoch))
             atomic_save({**{f"model.{k}": v for k, v in model.state_dict().items()}, **optimizer_tensors(opt)}, last)
             atomic_json(state, out_dir / "last.json")
@@ -262,10 +263,8 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         epochs = [e for _, e in state["top"]]
         model.load_state_dict(average_weights([top_file(out_dir, e) for e in epochs]))
         start = time.perf_counter()
-        with torch.no_grad(), autocast(device, cfg.precision):
-            metrics = stage.evaluate(model)
-        summary["average"] = {"epochs": epochs, "valid": {f"valid_{k}": v for k, v in metrics.items()
-                                                           if np.isscalar(v)}}
+        metrics = validate(stage, model, device, cfg.precision)
+        summary["average"] = {"epochs": epochs, "valid": valid_figures(metrics)}
         summary["wall_s"] = round(summary["wall_s"] + time.perf_counter() - start, 1)
         log.info("%s: mean of the weights of epochs %s: valid score %.4f (best epoch %d alone: %.4f)", stage.name,
                  ", ".join(map(str, epochs)), metrics["score"], state["best_epoch"], state["best"])
@@ -283,9 +282,18 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     return summary
 
 
+def validate(stage: Stage, model: torch.nn.Module, device: torch.device, precision: str) -> dict:
+    with torch.no_grad(), autocast(device, precision):
+        return stage.evaluate(model)
+
+
+def valid_figures(metrics: dict) -> dict:
+    """A validation's scalar figures, named as the log names them (``valid_uar``, ...)."""
+    return {f"valid_{k}": v for k, v in metrics.items() if np.isscalar(v)}
+
+
 def top_file(out_dir: Path, epoch: int) -> Path:
     """Where ``train.average`` keeps the weights of one of the best epochs."""
-    (out_dir / "top").mkdir(exist_ok=True)
     return out_dir / "top" / f"epoch{epoch}.safetensors"
 
 
