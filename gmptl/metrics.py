@@ -10,6 +10,13 @@ def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
     return m
 
 
+def uar_of(confusion) -> float:
+    """UAR in percent of a (C, C) confusion matrix, over the classes it has examples of (as ``scores``)."""
+    m = np.asarray(confusion)
+    support, present = m.sum(1), m.sum(1) > 0
+    return 100.0 * float((np.diag(m)[present] / support[present]).mean()) if present.any() else 0.0
+
+
 def scores(y_true, y_pred, labels: list[str]) -> dict:
     """WAR, UAR and macro-F1 in percent, per-class recall, confusion matrix.
 
@@ -26,7 +33,7 @@ def scores(y_true, y_pred, labels: list[str]) -> dict:
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(len(labels)), where=denom > 0)
     return {
         "war": 100.0 * hits.sum() / max(m.sum(), 1),
-        "uar": 100.0 * recall[present].mean() if present.any() else 0.0,
+        "uar": uar_of(m),
         "f1": 100.0 * f1[present].mean() if present.any() else 0.0,
         "recall": {label: 100.0 * r for label, r, p in zip(labels, recall, present) if p},
         "confusion": m.tolist(),

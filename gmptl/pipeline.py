@@ -23,7 +23,7 @@ from .encoders import build_encoder
 from .export import probability_scale
 from .errors import ConfigError
 from .masking import span_mask
-from .metrics import scores
+from .metrics import confusion, scores
 from .model import MaskedPredictor, UtteranceClassifier
 from .provenance import provenance
 from .pseudo_labels import build_pseudo_labels, load_labels
@@ -61,12 +61,23 @@ def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batc
 
 def classification_eval(data: AudioSet, max_seconds: float, select: str = "uar", scale: float = 1.0):
     """Validation UAR, WAR and loss (CE of ``scale`` x the scores: AM-Softmax cosines take s, no margin);
-    ``select`` names the one that picks the epoch (``score``, higher is better)."""
+    ``select`` names the one that picks the epoch (``score``, higher is better). ``speakers``: each
+    validation speaker's confusion matrix and summed loss, from which ``train.crossfit`` scores any
+    subset of them (``train.speaker_score``)."""
+    speaker = np.array([u.speaker for u in data.utterances])
+
     def evaluate(model) -> dict:
         out = predict(model, data, max_seconds)
-        s = scores(data.emotion, out.argmax(1), data.labels)
-        loss = F.cross_entropy(torch.from_numpy(scale * out), torch.as_tensor(data.emotion)).item()
-        return {"score": s["uar"] if select == "uar" else -loss, "uar": s["uar"], "war": s["war"], "loss": loss}
+        pred = out.argmax(1)
+        s = scores(data.emotion, pred, data.labels)
+        per_utterance = F.cross_entropy(torch.from_numpy(scale * out), torch.as_tensor(data.emotion),
+                                        reduction="none")
+        loss = per_utterance.mean().item()
+        by_speaker = {str(name): {"confusion": confusion(data.emotion[mine], pred[mine], len(data.labels)).tolist(),
+                                  "loss_sum": float(per_utterance[torch.from_numpy(mine)].sum())}
+                      for name in np.unique(speaker) for mine in [speaker == name]}
+        return {"score": s["uar"] if select == "uar" else -loss, "uar": s["uar"], "war": s["war"], "loss": loss,
+                "speakers": by_speaker}
     return evaluate
 
 
@@ -109,7 +120,8 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
-         ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1)]
+         ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1),
+         ("train", "crossfit", False)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -261,6 +273,12 @@ def chosen_valid_uar(stages: dict) -> float:
     if "average" in stage:
         return stage["average"]["valid"]["valid_uar"]
     return stage.get("best_valid", {}).get("valid_uar", stage["best_score"])  # results before best_valid: UAR chose
+
+
+def crossfit_valid_uar(stages: dict) -> float | None:
+    """The final model's cross-fitted validation UAR (``train.crossfit``; stage 3's, or stage 1's when
+    there is no stage 3), None when it was not computed."""
+    return stages["stage3" if "stage3" in stages else "stage1"].get("crossfit", {}).get("uar")
 
 
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,

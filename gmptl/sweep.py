@@ -9,7 +9,11 @@ every fold. With ``--one-at-a-time`` the configs are instead the base config (th
 alone: an ablation table, at the cost of a sum of runs, not a product. The choice is
 the config with the best validation UAR averaged over the folds (each fold's
 validation speakers come from its training speakers); the test scores of every
-config are reported beside it, and nothing reads them to choose. With ``--seeds N``
+config are reported beside it, and nothing reads them to choose. When every config
+ran with ``train.crossfit=true`` the choice is by the cross-fitted validation UAR
+instead (each validation speaker predicted by the weights the others chose): the
+best-epoch UAR is a maximum over epochs of the figure it reports, and so favours
+configs that select on it over those that average. With ``--seeds N``
 every config runs N times, with ``train.seed`` s, s+1, ... (s the config's own), and
 its validation and test figures are the means over those replicates: on RAVDESS a
 rerun of one config moves its 6-fold UAR by 3 points, as much as most settings do.
@@ -35,7 +39,7 @@ from .config import load_config
 from .corpora import load_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
-from .pipeline import chosen_valid_uar, run_fold
+from .pipeline import chosen_valid_uar, crossfit_valid_uar, run_fold
 from .provenance import provenance
 from .train import atomic_json, check_precision
 
@@ -106,6 +110,13 @@ def valid_uar(result: dict) -> float:
     return chosen_valid_uar(result["stages"])
 
 
+def fold_figures(result: dict) -> dict:
+    """A fold's validation and test figures for the sweep's table (``crossfit_uar`` when computed)."""
+    cross = None if "probe" in result else crossfit_valid_uar(result["stages"])
+    return {"valid_uar": valid_uar(result), "war": result["war"], "uar": result["uar"],
+            **({"crossfit_uar": cross} if cross is not None else {})}
+
+
 def summarize(out: Path, configs: list[list[str]], folds: list[int], command: str,
               seeds: list[int] | None = None) -> dict:
     """``sweep.json``: every config's folds (validation and test, means over its ``seeds``' runs) and
@@ -120,24 +131,28 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
             found = [(run, json.loads(path.read_text())) for run in runs_of[name]
                      if (path := out / run / f"fold{k}" / "result.json").exists()]
             for run, r in found:
-                per_seed[run].append({"fold": k, "valid_uar": valid_uar(r), "war": r["war"], "uar": r["uar"]})
+                per_seed[run].append({"fold": k, **fold_figures(r)})
             if len(found) == len(runs_of[name]):
-                rows.append({"fold": k, **{m: float(np.mean([f[-1][m] for f in per_seed.values()]))
-                                           for m in ("valid_uar", "war", "uar")}})
+                latest = [f[-1] for f in per_seed.values()]
+                rows.append({"fold": k, **{m: float(np.mean([f[m] for f in latest])) for m in latest[0]
+                                           if m != "fold" and all(m in f for f in latest)}})
+        figures = [m for m in ("valid_uar", "war", "uar", "crossfit_uar") if rows and all(m in r for r in rows)]
         entries[name] = {"overrides": overrides, "folds": rows, "complete": len(rows) == len(folds),
-                         **(fold_means(rows, ("valid_uar", "war", "uar")) if rows else {})}
+                         **(fold_means(rows, figures) if rows else {})}
         if len(seeds) > 1:
             entries[name]["seeds"] = [{"seed": s, "run": run, "folds": len(per_seed[run]),
                                        **({f"{m}_mean": float(np.mean([f[m] for f in per_seed[run]]))
                                            for m in ("valid_uar", "uar")} if per_seed[run] else {})}
                                       for s, run in zip(seeds, runs_of[name])]
     complete = [n for n, e in entries.items() if e["complete"]]
-    chosen = max(complete, key=lambda n: entries[n]["valid_uar_mean"]) if complete else None
+    by = "crossfit_uar_mean" if complete and all("crossfit_uar_mean" in entries[n] for n in complete) else "valid_uar_mean"
+    chosen = max(complete, key=lambda n: entries[n][by]) if complete else None
     if configs and configs[0] == [] and "base" in complete:  # --one-at-a-time: each change against the base
         for name in (n for n in complete if n != "base"):
             c = compare_runs([out / r for r in runs_of[name]], [out / r for r in runs_of["base"]])
             entries[name]["vs_base"] = {k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}
-    rule = "best validation UAR averaged over the folds; test scores are not read to choose"
+    rule = ("best " + ("cross-fitted " if by.startswith("crossfit") else "")
+            + "validation UAR averaged over the folds; test scores are not read to choose")
     summary = {"command": command, "folds": folds, "chosen": chosen,
                "rule": rule if len(seeds) == 1 else rule.replace("the folds", f"the folds and {len(seeds)} seeds"),
                **({"seeds": seeds} if len(seeds) > 1 else {}), "configs": entries, **provenance()}
@@ -148,15 +163,17 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
 def format_sweep(summary: dict) -> str:
     """A table of the sweep, the chosen config marked with ``*``."""
     paired = any("vs_base" in e for e in summary["configs"].values())
-    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10} {'test UAR':>15} {'test WAR':>8}"
-             + ("   test UAR - base [95 % CI], p" if paired else "")]
+    cross = any("crossfit_uar_mean" in e for e in summary["configs"].values())
+    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10}" + (f" {'cross-fit':>10}" if cross else "")
+             + f" {'test UAR':>15} {'test WAR':>8}" + ("   test UAR - base [95 % CI], p" if paired else "")]
     for name, e in summary["configs"].items():
         if not e["folds"]:
             lines.append(f"{name:<40} {0:>5}")
             continue
         mark = "*" if name == summary["chosen"] else " "
         line = (f"{name:<39}{mark} {len(e['folds']):>5} {e['valid_uar_mean']:10.2f} "
-                f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
+                + (f"{e['crossfit_uar_mean']:10.2f} " if "crossfit_uar_mean" in e else " " * 11 if cross else "")
+                + f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
         if v := e.get("vs_base"):
             line += f"   {v['uar_diff']:+6.2f} [{v['uar_ci'][0]:+.2f}, {v['uar_ci'][1]:+.2f}], p = {v['p_uar']:.2g}"
         lines.append(line)

@@ -1,5 +1,5 @@
 """One training loop for every stage: accumulation, clipping, early stopping, atomic resumable checkpoints,
-checkpoint averaging."""
+checkpoint averaging, cross-fitted validation."""
 
 import contextlib
 import json
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import dist
 from .config import TrainConfig
 from .data import AudioSet, Batch, epoch_batches
+from .metrics import uar_of
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class Stage:
         name: directory name and log label.
         model: a module with ``encoder`` and ``head_parameters()``.
         loss: (model, batch, rng) -> scalar loss of a micro-batch.
-        evaluate: model -> dict with ``score`` (higher is better) and any metrics to log.
+        evaluate: model -> dict with ``score`` (higher is better) and any metrics to log; optionally
+            ``speakers``, each validation speaker's ``confusion`` and ``loss_sum`` (``train.crossfit``).
         epochs: most epochs to run (early stopping may end it sooner).
     """
 
@@ -153,6 +155,14 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     scored on validation (``average`` in the summary) and written to
     ``best.safetensors``; ``top/`` then keeps the best epoch's own weights only.
 
+    With ``cfg.crossfit`` and an ``evaluate`` that scores each validation speaker,
+    the summary's ``crossfit`` scores the stage's way of choosing weights without
+    the selection bias of a best score: each validation speaker is predicted by the
+    epoch (and with K > 1 the mean of the K epochs) that the other validation
+    speakers rank best, and the UAR of those pooled predictions is reported for the
+    best epoch alone (``best_uar``), for the mean of K (``average_uar``) and for
+    what this stage hands on (``uar``). What is handed on does not change.
+
     Under torchrun (see ``gmptl.dist``) the micro-batches of every optimizer step
     are dealt out to the ranks and their gradients summed before the step: the
     same update as one process with the same ``batch_size``. Only rank 0 writes.
@@ -166,13 +176,13 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         return json.loads(done.read_text())
 
     opt = make_optimizer(model, cfg)
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": [], "top": []}
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
     last = out_dir / "last.safetensors"
     if last.exists():
         tensors = load_file(str(last))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         load_optimizer_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
-        state = {"top": [], **json.loads((out_dir / "last.json").read_text())}
+        state = json.loads((out_dir / "last.json").read_text())
         log.info("%s: resuming after epoch %d", stage.name, state["epoch"])
 
     accumulate = cfg.batch_size // cfg.micro_batch
@@ -224,13 +234,11 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                   "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
                   "train_audio_s_per_s": round(audio_s / train_s, 1),
                   "padding": round(padding, 4), "encoder_frozen": frozen,
-                  **valid_figures(metrics)}
+                  **valid_figures(metrics), **({"valid_by_speaker": metrics["speakers"]} if "speakers" in metrics else {})}
         improved = metrics["score"] > state["best"]
-        keep = cfg.average if cfg.average > 1 else 0  # average 1: the best epoch alone, top/ unused
-        top = sorted(state["top"] + [[metrics["score"], epoch]], key=lambda t: (-t[0], t[1]))[:keep]  # ties: earlier
-        kept = {e for _, e in top}
-        dropped = [e for _, e in state["top"] if e not in kept]
-        state.update(epoch=epoch, history=state["history"] + [record], top=top)
+        before = kept_epochs(state["history"], cfg)
+        state.update(epoch=epoch, history=state["history"] + [record])
+        kept = kept_epochs(state["history"], cfg)
         if improved:
             state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
         else:
@@ -246,7 +254,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
             tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
             tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
             os.replace(tmp, logfile)
-            for e in dropped:  # after last.json: a run killed before has them all still
+            for e in before - kept:  # after last.json: a run killed before has them all still
                 top_file(out_dir, e).unlink(missing_ok=True)
         dist.barrier()  # the other ranks read nothing before rank 0 has written it
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
@@ -259,8 +267,12 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                "best_score": state["best"], "best_valid": {k: v for k, v in best.items() if k.startswith("valid_")},
                "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
                "history": state["history"]}
-    if len(state["top"]) > 1:
-        epochs = [e for _, e in state["top"]]
+    if cfg.crossfit and len(held_out_splits(state["history"])) > 1:
+        start = time.perf_counter()
+        summary["crossfit"] = crossfit(stage, model, device, cfg, state["history"], out_dir)
+        summary["wall_s"] = round(summary["wall_s"] + time.perf_counter() - start, 1)
+    epochs = ranked(state["history"])[:cfg.average]
+    if len(epochs) > 1:
         model.load_state_dict(average_weights([top_file(out_dir, e) for e in epochs]))
         start = time.perf_counter()
         metrics = validate(stage, model, device, cfg.precision)
@@ -276,10 +288,70 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     if dist.is_main():
         atomic_json(summary, done)
         last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
-        for e in [e for _, e in state["top"] if e != state["best_epoch"]]:
+        for e in kept_epochs(state["history"], cfg) - {state["best_epoch"]}:
             top_file(out_dir, e).unlink(missing_ok=True)
     dist.barrier()
     return summary
+
+
+def ranked(history: list[dict], speakers: list[str] | None = None, select: str = "uar") -> list[int]:
+    """The epochs of ``history`` from best to worst by validation (ties: the earlier first): by the
+    logged score, or with ``speakers`` by the score of those validation speakers alone."""
+    def score(r):
+        return r["valid_score"] if speakers is None else speaker_score(r["valid_by_speaker"], speakers, select)
+    return [r["epoch"] for r in sorted(history, key=lambda r: (-score(r), r["epoch"]))]
+
+
+def speaker_score(by_speaker: dict, speakers: list[str], select: str) -> float:
+    """The validation score (``train.select``: UAR, or minus the mean loss) of ``speakers``' pooled
+    utterances, from each speaker's confusion matrix and summed loss."""
+    confusion = sum(np.asarray(by_speaker[s]["confusion"]) for s in speakers)
+    if select == "loss":
+        return -sum(by_speaker[s]["loss_sum"] for s in speakers) / max(int(confusion.sum()), 1)
+    return uar_of(confusion)
+
+
+def held_out_splits(history: list[dict]) -> list[tuple[str, list[str]]]:
+    """(held-out speaker, the other validation speakers) for each validation speaker; none when the
+    stage's validation does not score speakers."""
+    names = sorted(history[0].get("valid_by_speaker", {})) if history else []
+    return [(s, [o for o in names if o != s]) for s in names]
+
+
+def kept_epochs(history: list[dict], cfg: TrainConfig) -> set[int]:
+    """The epochs whose weights ``top/`` must hold: the ``cfg.average`` best, and with ``cfg.crossfit``
+    the best by every held-out split as well (none with average 1: the best epoch alone needs none)."""
+    if cfg.average <= 1:
+        return set()
+    kept = set(ranked(history)[:cfg.average])
+    if cfg.crossfit:
+        for _, others in held_out_splits(history):
+            kept |= set(ranked(history, others, cfg.select)[:cfg.average])
+    return kept
+
+
+def crossfit(stage: Stage, model: torch.nn.Module, device: torch.device, cfg: TrainConfig, history: list[dict],
+             out_dir: Path) -> dict:
+    """Each validation speaker predicted by the weights the others choose (see ``fit``); leaves other
+    weights in ``model``."""
+    by_epoch = {r["epoch"]: r["valid_by_speaker"] for r in history}
+    best = average = 0
+    chosen = {}
+    for speaker, others in held_out_splits(history):
+        order = ranked(history, others, cfg.select)
+        best = best + np.asarray(by_epoch[order[0]][speaker]["confusion"])
+        chosen[speaker] = {"best_epoch": order[0]}
+        if cfg.average > 1:
+            epochs = order[:cfg.average]
+            model.load_state_dict(average_weights([top_file(out_dir, e) for e in epochs]))
+            average = average + np.asarray(validate(stage, model, device, cfg.precision)["speakers"][speaker]["confusion"])
+            chosen[speaker]["epochs"] = epochs
+    out = {"best_uar": uar_of(best), "speakers": chosen}
+    if cfg.average > 1:
+        out["average_uar"] = uar_of(average)
+    out["uar"] = out.get("average_uar", out["best_uar"])
+    log.info("%s: cross-fitted validation UAR %.2f (best epoch alone %.2f)", stage.name, out["uar"], out["best_uar"])
+    return out
 
 
 def validate(stage: Stage, model: torch.nn.Module, device: torch.device, precision: str) -> dict:

@@ -115,9 +115,10 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_anything_runs(tmp_p
         assert not out.exists(), f"{command[0]}: refused before the run directory was made"
 
 
-def fit_scored(train_set, out: Path, overrides: list[str], scores: list[float], snapshots: dict | None = None):
-    """Stage 1 of the tiny config whose validation scores are ``scores`` in turn; ``snapshots`` collects
-    the weights each scoring saw (epoch order, then the averaged weights)."""
+def fit_scored(train_set, out: Path, overrides: list[str], scores: list, snapshots: dict | None = None):
+    """Stage 1 of the tiny config whose validation scores are ``scores`` in turn (a number, or what
+    ``evaluate`` returns whole); ``snapshots`` collects the weights each scoring saw (epoch order,
+    then the averaged weights)."""
     cfg = load_config(CONFIG, ["train.device=cpu", "train.patience=10", *overrides])
     torch.manual_seed(0)
     model = classifier(cfg, new_encoder(cfg), len(train_set.labels), gender=True, kind="linear")
@@ -129,7 +130,7 @@ def fit_scored(train_set, out: Path, overrides: list[str], scores: list[float], 
         score = next(scores)
         if score is None:
             raise KeyboardInterrupt("killed")
-        return {"score": score, "uar": 100 * score}
+        return score if isinstance(score, dict) else {"score": score, "uar": 100 * score}
 
     return model, fit(Stage("stage1", model, stage1_loss(0.9), evaluate, cfg.stage1.epochs), train_set,
                       cfg.train, 1.0, out)
@@ -176,3 +177,62 @@ def test_average_resumes_after_a_kill_with_the_same_weights(train_set, tmp_path)
     resumed, again = fit_scored(train_set, tmp_path / "cut", ["stage1.epochs=5", "train.average=3"], scores[3:])
     assert again["average"] == summary["average"]
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in whole.state_dict().items())
+
+
+def two_speakers(hits_a: int, hits_b: int) -> dict:
+    """A validation of speakers A and B, 4 utterances of each of 2 classes each, ``hits`` of 8 right
+    (class 0 first): pooled UAR = total hits / 16. Fewer hits, more loss."""
+    def speaker(hits):
+        first = min(hits, 4)
+        return {"confusion": [[first, 4 - first], [4 - (hits - first), hits - first]], "loss_sum": 8.0 - hits}
+    uar = 100 * (hits_a + hits_b) / 16
+    return {"score": uar, "uar": uar, "speakers": {"A": speaker(hits_a), "B": speaker(hits_b)}}
+
+
+def test_crossfit_predicts_each_validation_speaker_with_the_epoch_the_others_choose(train_set, tmp_path):
+    from gmptl.train import speaker_score
+
+    hits = [(2, 6), (8, 4), (5, 7), (3, 5)]  # pooled 8, 12, 12, 8 of 16: epoch 2 best (the earlier of a tie)
+    _, summary = fit_scored(train_set, tmp_path / "one", ["stage1.epochs=4", "train.crossfit=true"],
+                            [two_speakers(a, b) for a, b in hits])
+    assert summary["best_epoch"] == 2 and summary["best_score"] == 75.0
+    cross = summary["crossfit"]
+    # A held out: B ranks epoch 3 first (7 hits), A's 5 of 8 there; B held out: A ranks epoch 2 (8), B's 4
+    assert cross["speakers"] == {"A": {"best_epoch": 3}, "B": {"best_epoch": 2}}
+    assert cross["best_uar"] == cross["uar"] == 100 * (5 + 4) / 16 and "average_uar" not in cross
+    assert not (tmp_path / "one" / "top").exists(), "the best epoch alone needs no kept weights"
+    log = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert [r["valid_by_speaker"]["A"]["confusion"] for r in log][1] == [[4, 0], [0, 4]]
+
+    by_epoch = two_speakers(2, 6)["speakers"]
+    assert speaker_score(by_epoch, ["A", "B"], "uar") == 50.0 and speaker_score(by_epoch, ["A"], "uar") == 25.0
+    assert speaker_score(by_epoch, ["A", "B"], "loss") == -(6 + 2) / 16, "minus the pooled mean loss"
+    _, plain = fit_scored(train_set, tmp_path / "plain", ["stage1.epochs=4"], [two_speakers(a, b) for a, b in hits])
+    assert "crossfit" not in plain and plain["best_epoch"] == 2
+
+
+def test_crossfit_with_averaging_scores_the_mean_the_other_speakers_choose(train_set, tmp_path):
+    hits = [(2, 6), (8, 4), (5, 7), (3, 5), (1, 8)]
+    # pooled ranking 2, 3, 4 (8, tie: earlier), 5, 1 -> average of 2 and 3; by B: 5, 3; by A: 2, 3
+    seen = {}
+    scores = [two_speakers(a, b) for a, b in hits] + [two_speakers(6, 0), two_speakers(0, 7), two_speakers(7, 7)]
+    overrides = ["stage1.epochs=5", "train.average=2", "train.crossfit=true"]
+    model, summary = fit_scored(train_set, tmp_path / "avg", overrides, scores, seen)
+    assert summary["average"]["epochs"] == [2, 3] and summary["average"]["valid"]["valid_uar"] == 100 * 14 / 16
+    cross = summary["crossfit"]
+    assert cross["speakers"] == {"A": {"best_epoch": 5, "epochs": [5, 3]}, "B": {"best_epoch": 2, "epochs": [2, 3]}}
+    assert cross["average_uar"] == cross["uar"] == 100 * (6 + 7) / 16, "A's hits of the first, B's of the second"
+    assert cross["best_uar"] == 100 * (1 + 4) / 16
+    for call, epochs in ((6, (5, 3)), (7, (2, 3)), (8, (2, 3))):  # held-out A, held-out B, then what is handed on
+        for name, value in seen[call].items():
+            if value.is_floating_point():
+                assert torch.allclose(value, (seen[epochs[0]][name] + seen[epochs[1]][name]) / 2, atol=1e-6), name
+    assert all(torch.equal(v, seen[8][k]) for k, v in model.state_dict().items()), "the handed-on mean is unchanged"
+    assert sorted(p.name for p in (tmp_path / "avg" / "top").iterdir()) == ["epoch2.safetensors"]
+
+    with pytest.raises(KeyboardInterrupt):  # killed while scoring epoch 5: the epochs any split keeps are on disk
+        fit_scored(train_set, tmp_path / "cut", overrides, [*scores[:4], None])
+    assert sorted(p.name for p in (tmp_path / "cut" / "top").iterdir()) == [f"epoch{e}.safetensors" for e in (1, 2, 3)]
+    resumed, again = fit_scored(train_set, tmp_path / "cut", overrides, scores[4:])
+    assert again["crossfit"] == cross and again["average"] == summary["average"]
+    assert all(torch.equal(resumed.state_dict()[k], v) for k, v in model.state_dict().items())
