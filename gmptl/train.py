@@ -267,7 +267,10 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                "best_score": state["best"], "best_valid": {k: v for k, v in best.items() if k.startswith("valid_")},
                "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in state["history"]), 1),
                "history": state["history"]}
-    if cfg.crossfit and len(held_out_splits(state["history"])) > 1:
+    if cfg.crossfit and not held_out_splits(state["history"]):
+        log.warning("%s: train.crossfit needs a validation scored by speaker, with two speakers at least: "
+                    "no cross-fitted figure", stage.name)
+    elif cfg.crossfit:
         start = time.perf_counter()
         summary["crossfit"] = crossfit(stage, model, device, cfg, state["history"], out_dir)
         summary["wall_s"] = round(summary["wall_s"] + time.perf_counter() - start, 1)
@@ -313,9 +316,9 @@ def speaker_score(by_speaker: dict, speakers: list[str], select: str) -> float:
 
 def held_out_splits(history: list[dict]) -> list[tuple[str, list[str]]]:
     """(held-out speaker, the other validation speakers) for each validation speaker; none when the
-    stage's validation does not score speakers."""
+    stage's validation does not score speakers or has fewer than two."""
     names = sorted(history[0].get("valid_by_speaker", {})) if history else []
-    return [(s, [o for o in names if o != s]) for s in names]
+    return [(s, [o for o in names if o != s]) for s in names] if len(names) > 1 else []
 
 
 def kept_epochs(history: list[dict], cfg: TrainConfig) -> set[int]:

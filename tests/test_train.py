@@ -210,6 +210,13 @@ def test_crossfit_predicts_each_validation_speaker_with_the_epoch_the_others_cho
     _, plain = fit_scored(train_set, tmp_path / "plain", ["stage1.epochs=4"], [two_speakers(a, b) for a, b in hits])
     assert "crossfit" not in plain and plain["best_epoch"] == 2
 
+    def one_speaker(a, b):
+        scored = two_speakers(a, b)
+        return {**scored, "speakers": {"A": scored["speakers"]["A"]}}
+    _, alone = fit_scored(train_set, tmp_path / "alone", ["stage1.epochs=4", "train.average=2", "train.crossfit=true"],
+                          [one_speaker(a, b) for a, b in hits] + [two_speakers(0, 0)])
+    assert "crossfit" not in alone and alone["average"]["epochs"] == [2, 3], "one validation speaker: nothing to hold out"
+
 
 def test_crossfit_with_averaging_scores_the_mean_the_other_speakers_choose(train_set, tmp_path):
     hits = [(2, 6), (8, 4), (5, 7), (3, 5), (1, 8)]
