@@ -265,11 +265,16 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
     return save_model_dir(out / "model", model, labels, weights, extra, centroids, pseudo_encoder)
 
 
+def final_stage(stages: dict) -> str:
+    """The stage whose classifier a system hands on: stage 3, or stage 1 when there is no stage 3."""
+    return "stage3" if "stage3" in stages else "stage1"
+
+
 def chosen_valid_uar(stages: dict) -> float:
     """The validation UAR of the final model: stage 3's, or stage 1's when there is no stage 3 (its chosen
     epoch's, chosen by it or with ``train.select=loss`` by the validation loss; with ``train.average``
     that of the averaged weights)."""
-    stage = stages["stage3" if "stage3" in stages else "stage1"]
+    stage = stages[final_stage(stages)]
     if "average" in stage:
         return stage["average"]["valid"]["valid_uar"]
     return stage.get("best_valid", {}).get("valid_uar", stage["best_score"])  # results before best_valid: UAR chose
@@ -278,7 +283,7 @@ def chosen_valid_uar(stages: dict) -> float:
 def crossfit_valid_uar(stages: dict) -> float | None:
     """The final model's cross-fitted validation UAR (``train.crossfit``; stage 3's, or stage 1's when
     there is no stage 3), None when it was not computed."""
-    return stages["stage3" if "stage3" in stages else "stage1"].get("crossfit", {}).get("uar")
+    return stages[final_stage(stages)].get("crossfit", {}).get("uar")
 
 
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from gmptl.config import config_from_dict
 from gmptl.corpora import load_corpus
 from gmptl.data import AudioSet
-from gmptl.pipeline import classifier, new_encoder, predict, write_predictions
+from gmptl.pipeline import classifier, final_stage, new_encoder, predict, write_predictions
 from gmptl.provenance import provenance
 from gmptl.train import top_file
 
@@ -62,7 +62,7 @@ def main() -> None:
     folds = []
     for path in sorted(args.run.glob("fold*/result.json")):
         result = json.loads(path.read_text())
-        name = "stage3" if "stage3" in result["stages"] else "stage1"
+        name = final_stage(result["stages"])
         stage, k = result["stages"][name], result["fold"]
         if "crossfit" not in stage or "average" not in stage:
             raise SystemExit(f"{path}: {name} has no crossfit or average figures (train.crossfit, train.average)")
