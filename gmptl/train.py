@@ -236,7 +236,6 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
                   "padding": round(padding, 4), "encoder_frozen": frozen,
                   **valid_figures(metrics), **({"valid_by_speaker": metrics["speakers"]} if "speakers" in metrics else {})}
         improved = metrics["score"] > state["best"]
-        before = kept_epochs(state["history"], cfg)
         state.update(epoch=epoch, history=state["history"] + [record])
         kept = kept_epochs(state["history"], cfg)
         if improved:
@@ -254,8 +253,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
             tmp = logfile.with_name(logfile.name + ".tmp")  # rewritten whole: a resumed epoch is never logged twice
             tmp.write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
             os.replace(tmp, logfile)
-            for e in before - kept:  # after last.json: a run killed before has them all still
-                top_file(out_dir, e).unlink(missing_ok=True)
+            prune_top(out_dir, kept)  # after last.json: a run killed before has them all still
         dist.barrier()  # the other ranks read nothing before rank 0 has written it
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
                  record["train_loss"], metrics["score"], " *" if improved else "", train_s)
@@ -291,8 +289,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     if dist.is_main():
         atomic_json(summary, done)
         last.unlink(missing_ok=True)  # the best weights stay; the optimizer state is no longer needed
-        for e in kept_epochs(state["history"], cfg) - {state["best_epoch"]}:
-            top_file(out_dir, e).unlink(missing_ok=True)
+        prune_top(out_dir, {state["best_epoch"]})
     dist.barrier()
     return summary
 
@@ -370,6 +367,15 @@ def valid_figures(metrics: dict) -> dict:
 def top_file(out_dir: Path, epoch: int) -> Path:
     """Where ``train.average`` keeps the weights of one of the best epochs."""
     return out_dir / "top" / f"epoch{epoch}.safetensors"
+
+
+def prune_top(out_dir: Path, keep: set[int]) -> None:
+    """Unlinks the weights of every epoch in ``top/`` but ``keep``'s, found by listing the folder:
+    an epoch a kill left there between ``last.json`` and its unlinking goes too."""
+    names = {top_file(out_dir, e).name for e in keep}
+    for path in (out_dir / "top").glob("epoch*.safetensors"):
+        if path.name not in names:
+            path.unlink(missing_ok=True)
 
 
 def average_weights(paths: list[Path]) -> dict:

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,16 @@ def test_average_resumes_after_a_kill_with_the_same_weights(train_set, tmp_path)
     resumed, again = fit_scored(train_set, tmp_path / "cut", ["stage1.epochs=5", "train.average=3"], scores[3:])
     assert again["average"] == summary["average"]
     assert all(torch.equal(resumed.state_dict()[k], v) for k, v in whole.state_dict().items())
+
+    # Killed after epoch 4's last.json, before epoch 1 (out of the 3 best from then on) was unlinked:
+    # the resumed run's end leaves the best epoch's weights alone all the same.
+    with pytest.raises(KeyboardInterrupt):
+        fit_scored(train_set, tmp_path / "late", ["stage1.epochs=5", "train.average=3"], [*scores[:4], None])
+    top = tmp_path / "late" / "top"
+    shutil.copy(top / "epoch2.safetensors", top / "epoch1.safetensors")
+    (top / "epoch2.safetensors.123.tmp").write_bytes(b"another process's save in flight")
+    fit_scored(train_set, tmp_path / "late", ["stage1.epochs=5", "train.average=3"], scores[4:])
+    assert sorted(p.name for p in top.iterdir()) == ["epoch2.safetensors", "epoch2.safetensors.123.tmp"]
 
 
 def two_speakers(hits_a: int, hits_b: int) -> dict:
