@@ -96,7 +96,7 @@ def test_ablation_on_fewer_folds_gets_the_reference_on_the_same_folds():
     assert "run-to-run variation" not in text, "no layer-3 row: nothing to say"
 
 
-def test_table3_row_of_the_default_layer_is_called_a_rerun_of_gmp_tl():
+def test_table3_row_of_the_default_layer_is_tied_to_gmp_tl():
     from gmptl.reproduce import format_tables
 
     def entry(table):
@@ -105,6 +105,8 @@ def test_table3_row_of_the_default_layer_is_called_a_rerun_of_gmp_tl():
 
     systems = {"gmp-tl": entry("main"), "layer-1": entry("table3"), "layer-2": entry("table3")}
     text = format_tables({"pseudo_layer": -2, "systems": systems})
-    assert "`layer-2` is `gmp-tl`'s own configuration (it clusters layer -2)" in text
+    assert "`layer-2` is `gmp-tl`'s own configuration (it clusters layer -2): the same steps" in text
+    rerun = {**systems, "layer-2": {**entry("table3"), "folds": [{"fold": 1, "war": 61.0, "uar": 61.5, "f1": 60.0}]}}
+    assert "(it clusters layer -2), run again: the gap" in format_tables({"pseudo_layer": -2, "systems": rerun})
     assert "layer-1` is" not in text
     assert "own configuration" not in format_tables({"pseudo_layer": -3, "systems": systems})
