@@ -6,6 +6,9 @@ set -uf  # -f: no globbing of grid values such as pseudo.scales=[512]
 export PYTHONPATH=/tmp/site:$PWD GMPTL_CACHE=$PWD/.dev/cache GMPTL_COMMIT=$(cat .dev/commit) \
        HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p /root/d /root/sw && { [ -d /root/d/ravdess ] || cp -r .dev/ravdess /root/d/; }
+# A run cut short on a machine that has gone back: its returned folds (runs.tgz unpacked into .dev/resume/,
+# carried) are put back, and the sweep or reproduce skips what they finished.
+[ -d .dev/resume ] && cp -rn .dev/resume/. /root/sw/
 deadline=$(( $(date +%s) + ${LIMIT:-540} ))
 while IFS= read -r line; do
     case "$line" in ''|'#'*) continue;; esac
