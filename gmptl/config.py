@@ -92,6 +92,7 @@ class TrainConfig:
                                        # 1 - lr * head_weight_decay (0: plain Adam, the paper); ours
     frozen_epochs: int = 0             # first epochs of every stage train the heads only, the encoder frozen
                                        # (LP-FT, Kumar et al. 2022: less distortion of the pretrained features); ours
+    frozen_head_lr: float | None = None  # the heads' learning rate during those frozen epochs (None: head_lr); ours
     batch_size: int = 64               # effective batch (paper), reached by accumulation
     micro_batch: int = 16              # utterances per forward pass
     grad_clip: float = 5.0
@@ -134,6 +135,7 @@ class Config:
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
+            (self.train.frozen_head_lr is None or self.train.frozen_head_lr > 0, "train.frozen_head_lr must be > 0"),
             (self.train.select in ("uar", "loss"), "train.select must be 'uar' or 'loss'"),
             (self.train.average >= 1, "train.average must be >= 1"),
             (self.train.head_weight_decay >= 0, "train.head_weight_decay must be >= 0"),

@@ -121,7 +121,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
          ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1),
-         ("train", "crossfit", False)]
+         ("train", "crossfit", False), ("train", "frozen_head_lr", None)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:

@@ -148,7 +148,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
     epoch's shuffling and crops are seeded by (seed, epoch) and each micro-batch's
     masks and dropout by (seed, epoch, micro-batch), ends with the same weights as
     an uninterrupted run. A finished stage is skipped. The first ``cfg.frozen_epochs``
-    epochs train the heads only (LP-FT).
+    epochs train the heads only (LP-FT), at ``cfg.frozen_head_lr`` when it is set.
 
     With ``cfg.average`` K > 1 the K best epochs' weights are kept in ``top/`` while
     training, and the stage hands on their mean (checkpoint averaging): it is
@@ -193,6 +193,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         frozen = epoch <= cfg.frozen_epochs  # LP-FT: the heads learn first, on the pretrained features
         for p in encoder:
             p.requires_grad_(not frozen)
+        opt.param_groups[1]["lr"] = (cfg.frozen_head_lr if frozen and cfg.frozen_head_lr else cfg.head_lr) or cfg.lr
         rng = np.random.default_rng([cfg.seed, epoch])  # order, crops
         batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
         padding = 1 - sum(float(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
@@ -233,7 +234,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         record = {"stage": stage.name, "epoch": epoch, "train_loss": total / max(seen, 1),
                   "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
                   "train_audio_s_per_s": round(audio_s / train_s, 1),
-                  "padding": round(padding, 4), "encoder_frozen": frozen,
+                  "padding": round(padding, 4), "encoder_frozen": frozen, "head_lr": opt.param_groups[1]["lr"],
                   **valid_figures(metrics), **({"valid_by_speaker": metrics["speakers"]} if "speakers" in metrics else {})}
         improved = metrics["score"] > state["best"]
         state.update(epoch=epoch, history=state["history"] + [record])

@@ -77,7 +77,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     old = load_config().to_dict()
     del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]
     del old["train"]["head_weight_decay"], old["train"]["select"], old["train"]["average"]  # before these options
-    del old["train"]["crossfit"]
+    del old["train"]["crossfit"], old["train"]["frozen_head_lr"]
     old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
     common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
     before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
@@ -89,6 +89,9 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     assert by_fold["stage1"] != dirs["stage1"]  # other validation speakers: another stage 1
     lp_ft = step_dirs(load_config(None, ["train.frozen_epochs=2"]), tmp_path, shared=tmp_path, key="fold1")
     assert lp_ft["stage1"] != dirs["stage1"]
+    lp_ft_fast = step_dirs(load_config(None, ["train.frozen_epochs=2", "train.frozen_head_lr=1e-3"]), tmp_path,
+                           shared=tmp_path, key="fold1")
+    assert lp_ft_fast["stage1"] not in (dirs["stage1"], lp_ft["stage1"])
     crossfit = step_dirs(load_config(None, ["train.crossfit=true"]), tmp_path, shared=tmp_path, key="fold1")
     assert crossfit["stage1"] != dirs["stage1"], "a step made without the cross-fitted figures is not reused"
     averaged = step_dirs(load_config(None, ["train.average=3"]), tmp_path, shared=tmp_path, key="fold1")

@@ -56,6 +56,25 @@ def test_frozen_epochs_train_the_heads_first_then_the_encoder(train_set, tmp_pat
     assert [r["encoder_frozen"] for r in summary["history"]] == [False] and "encoder" in moved
 
 
+def test_frozen_head_lr_holds_during_the_frozen_epochs_only(train_set, tmp_path):
+    def head_step(overrides, out):  # the heads' largest change over the frozen epoch
+        torch.manual_seed(0)
+        start = classifier(load_config(CONFIG), new_encoder(load_config(CONFIG)), len(train_set.labels),
+                           gender=True, kind="linear").state_dict()
+        model, summary, _ = run(train_set, out, ["train.frozen_epochs=1", *overrides])
+        heads = {k for k in start if not k.startswith("encoder.")}
+        return summary, max(float((model.state_dict()[k] - start[k]).abs().max()) for k in heads)
+
+    fast, moved_fast = head_step(["train.frozen_head_lr=0.05", "stage1.epochs=1"], tmp_path / "a")
+    plain, moved_plain = head_step(["stage1.epochs=1"], tmp_path / "b")
+    assert [r["head_lr"] for r in fast["history"]] == [0.05] and [r["head_lr"] for r in plain["history"]] == [1e-3]
+    assert moved_fast > 5 * moved_plain, "Adam's steps scale with the learning rate"
+    thawed, _ = head_step(["train.frozen_head_lr=0.05", "train.head_lr=2e-3", "stage1.epochs=2"], tmp_path / "c")
+    assert [r["head_lr"] for r in thawed["history"]] == [0.05, 2e-3], "after the frozen epochs: train.head_lr"
+    with pytest.raises(ConfigError, match="train.frozen_head_lr must be > 0"):
+        load_config(None, ["train.frozen_head_lr=0"])
+
+
 def test_frozen_epochs_must_not_be_negative():
     with pytest.raises(ConfigError, match="train.frozen_epochs must be >= 0"):
         load_config(None, ["train.frozen_epochs=-1"])
