@@ -60,8 +60,9 @@ def systems(num_layers: int) -> list[System]:
     """Every system, in the order they run: the main comparison first."""
     finetune = ("system=finetune", "stage1.alpha=1.0")
     # The probe's layer and C by cross-validation over the training speakers: 2 validation actors
-    # choose noisily (results/ravdess/NOTES.md, item 8).
-    probe = ("system=probe", "probe.select=speaker-cv", "probe.c=[0.001,0.01,0.1,1.0]")
+    # choose noisily (results/ravdess/NOTES.md, item 8). It never autocasts: fp32 whatever the fine-tuned
+    # systems use, so its folder is the same for a bf16 run and any machine can make it (a CPU beside a GPU).
+    probe = ("system=probe", "probe.select=speaker-cv", "probe.c=[0.001,0.01,0.1,1.0]", "train.precision=fp32")
     out = [System("frozen-probe", "main", probe), System("finetune-ce", "main", finetune),
            System("stage1-multitask", "main", ("system=finetune",)), System("gmp-tl", "main")]
     out += [System("gmps+hybrid-ft", "table2"), System("gmps+ce-ft", "table2", ("stage3.loss=ce",)),
@@ -307,8 +308,6 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     user = list(overrides)
     overrides = [*user, f"data.root={root}"]
     cfg = load_config(base, overrides)
-    if run:
-        check_precision(cfg.train.device, cfg.train.precision)
     corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
     folds = check_folds(corpus, folds)
     from .encoders import build_encoder
@@ -317,6 +316,9 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     if names and (bad := [n for n in names if n not in known]):
         raise ConfigError(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
     plan = [s for s in every if not names or s.name in names]
+    for system in plan if run else []:  # refused before any work, not when a worker reaches the system
+        planned = system_config(base, system, overrides, RECIPES[recipe]["subset"])
+        check_precision(planned.train.device, planned.train.precision)
     out.mkdir(parents=True, exist_ok=True)
     if not run:
         pass  # --report-only: write the results of what is there

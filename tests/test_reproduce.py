@@ -110,3 +110,27 @@ def test_table3_row_of_the_default_layer_is_tied_to_gmp_tl():
     assert "(it clusters layer -2), run again: the gap" in format_tables({"pseudo_layer": -2, "systems": rerun})
     assert "layer-1` is" not in text
     assert "own configuration" not in format_tables({"pseudo_layer": -3, "systems": systems})
+
+
+def test_the_probe_runs_in_fp32_whatever_the_fine_tuned_systems_use(tmp_path, capsys):
+    """bf16 is for the fine-tuned systems: the probe's folder holds fp32 (what it runs), so a machine without
+    bf16 can make it for a bf16 run; a system that would autocast is refused there before any work."""
+    from gmptl.reproduce import RECIPES, system_config, systems
+    from gmptl.train import cpu_has_bf16
+
+    every = {s.key: s for s in systems(2)}
+    config = lambda name: system_config(REPO / "configs" / "tiny.yaml", every[name], ["train.precision=bf16"],  # noqa: E731
+                                        RECIPES["ravdess"]["subset"])
+    assert config("frozen-probe").train.precision == "fp32" and config("gmp-tl").train.precision == "bf16"
+    if cpu_has_bf16():
+        pytest.skip("this CPU runs bf16: nothing is refused")
+    manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
+    args = ["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
+            "--set", "train.precision=bf16", "--folds", "1", "--results", str(tmp_path / "results" / "ravdess")]
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "refused"), "--systems", "frozen-probe,finetune-ce"])
+    assert "no native bf16" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists(), "refused before any work"
+    assert main([*args, "--out", str(tmp_path / "run"), "--systems", "frozen-probe"]) == 0
+    saved = json.loads((tmp_path / "run" / "frozen-probe" / "config.json").read_text())
+    assert saved["train"]["precision"] == "fp32" and (tmp_path / "run" / "frozen-probe" / "fold1" / "result.json").exists()
