@@ -111,12 +111,17 @@ def atomic_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def heads_lr(cfg: TrainConfig, frozen: bool = False) -> float:
+    """The heads' learning rate: ``frozen_head_lr`` while the encoder is frozen (LP-FT), else ``head_lr``, else ``lr``."""
+    return (cfg.frozen_head_lr if frozen and cfg.frozen_head_lr else cfg.head_lr) or cfg.lr
+
+
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Adam:
     head = {id(p) for p in model.head_parameters()}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
     heads = [p for p in model.head_parameters() if p.requires_grad]
     return torch.optim.Adam([{"params": encoder, "lr": cfg.lr, "weight_decay": 0.0},
-                             {"params": heads, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.head_weight_decay}],
+                             {"params": heads, "lr": heads_lr(cfg), "weight_decay": cfg.head_weight_decay}],
                             decoupled_weight_decay=True)  # 0 (the default): plain Adam, as in the paper
 
 
@@ -193,7 +198,7 @@ def fit(stage: Stage, train: AudioSet, cfg: TrainConfig, max_seconds: float, out
         frozen = epoch <= cfg.frozen_epochs  # LP-FT: the heads learn first, on the pretrained features
         for p in encoder:
             p.requires_grad_(not frozen)
-        opt.param_groups[1]["lr"] = (cfg.frozen_head_lr if frozen and cfg.frozen_head_lr else cfg.head_lr) or cfg.lr
+        opt.param_groups[1]["lr"] = heads_lr(cfg, frozen)
         rng = np.random.default_rng([cfg.seed, epoch])  # order, crops
         batches = list(epoch_batches(train, cfg.micro_batch, max_seconds, rng))
         padding = 1 - sum(float(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
