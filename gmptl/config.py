@@ -67,6 +67,8 @@ class Stage2Config:
     mask_span: int = 10
     unmasked_weight: float = 0.0       # CE weight of unmasked frames (HuBERT: 0)
     epochs: int = 5
+    frozen_epochs: int | None = None   # LP-FT's frozen epochs in stage 2 (None: train.frozen_epochs; 0: none,
+                                       # the masked prediction trains the encoder from its first epoch); ours
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Config:
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
+            (self.stage2.frozen_epochs is None or self.stage2.frozen_epochs >= 0, "stage2.frozen_epochs must be >= 0"),
             (self.train.frozen_head_lr is None or self.train.frozen_head_lr > 0, "train.frozen_head_lr must be > 0"),
             (self.train.select in ("uar", "loss"), "train.select must be 'uar' or 'loss'"),
             (self.train.average >= 1, "train.average must be >= 1"),

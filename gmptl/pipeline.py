@@ -5,6 +5,7 @@ each step is skipped when its ``done.json`` / ``report.json`` exists, so a kille
 run picks up where it stopped.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from . import dist, losses
-from .config import Config
+from .config import Config, TrainConfig
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
@@ -88,6 +89,13 @@ def stage1_loss(alpha: float):
     return loss
 
 
+def stage2_train(cfg: Config) -> TrainConfig:
+    """Stage 2's training settings: ``train``'s, with ``stage2.frozen_epochs`` for LP-FT's frozen epochs when set."""
+    if cfg.stage2.frozen_epochs is None:
+        return cfg.train
+    return dataclasses.replace(cfg.train, frozen_epochs=cfg.stage2.frozen_epochs)
+
+
 def stage3_loss(kind: str, s: float, m: float):
     def loss(model, batch: Batch, rng) -> torch.Tensor:
         out = model(batch.waves, batch.lengths)["emotion"]
@@ -121,7 +129,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
          ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1),
-         ("train", "crossfit", False), ("train", "frozen_head_lr", None)]
+         ("train", "crossfit", False), ("train", "frozen_head_lr", None), ("stage2", "frozen_epochs", None)]
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
@@ -196,7 +204,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
 
     stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
                                  stage2_eval, cfg.stage2.epochs),
-                           train, cfg.train, d.max_seconds, dirs["stage2"])
+                           train, stage2_train(cfg), d.max_seconds, dirs["stage2"])
 
     # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
     s3 = cfg.stage3

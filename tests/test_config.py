@@ -77,7 +77,7 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     old = load_config().to_dict()
     del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]
     del old["train"]["head_weight_decay"], old["train"]["select"], old["train"]["average"]  # before these options
-    del old["train"]["crossfit"], old["train"]["frozen_head_lr"]
+    del old["train"]["crossfit"], old["train"]["frozen_head_lr"], old["stage2"]["frozen_epochs"]
     old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
     common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
     before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
@@ -92,6 +92,12 @@ def test_step_digests_ignore_later_options_at_their_default(tmp_path):
     lp_ft_fast = step_dirs(load_config(None, ["train.frozen_epochs=2", "train.frozen_head_lr=1e-3"]), tmp_path,
                            shared=tmp_path, key="fold1")
     assert lp_ft_fast["stage1"] not in (dirs["stage1"], lp_ft["stage1"])
+    lp_ft_13 = step_dirs(load_config(None, ["train.frozen_epochs=2", "stage2.frozen_epochs=0"]), tmp_path,
+                         shared=tmp_path, key="fold1")
+    assert lp_ft_13["pseudo"] == lp_ft["pseudo"] and lp_ft_13["stage2"] != lp_ft["stage2"], \
+        "LP-FT in stages 1 and 3 only shares stage 1 and the pseudo-labels with LP-FT in every stage"
+    with pytest.raises(ConfigError, match="stage2.frozen_epochs must be >= 0"):
+        load_config(None, ["stage2.frozen_epochs=-1"])
     crossfit = step_dirs(load_config(None, ["train.crossfit=true"]), tmp_path, shared=tmp_path, key="fold1")
     assert crossfit["stage1"] != dirs["stage1"], "a step made without the cross-fitted figures is not reused"
     averaged = step_dirs(load_config(None, ["train.average=3"]), tmp_path, shared=tmp_path, key="fold1")
