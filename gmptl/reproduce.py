@@ -16,6 +16,7 @@ A killed run resumes where it stopped: finished systems, folds and steps are ski
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config, config_from_dict, load_config
 from .corpora import load_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
@@ -76,6 +77,25 @@ def systems(num_layers: int) -> list[System]:
 def system_config(base: Path, system: System, overrides: list[str], subset: list[str]) -> Config:
     extra = [f"data.classes=[{','.join(subset)}]"] if system.subset else []
     return load_config(base, [*overrides, *system.overrides, *extra])
+
+
+def recorded_overrides(run_dir: Path, planned: Config) -> list[str]:
+    """The ``--set`` options that turn ``planned`` into the config the runs in ``run_dir`` were made with
+    (its ``config.json``, today's defaults filling the options added since): none when they match.
+    Results made under an older default thus name the command that reproduces them."""
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        return []
+    before, now = config_from_dict(json.loads(saved.read_text())).to_dict(), planned.to_dict()
+    sets = []
+    for section, values in before.items():
+        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            if (section, key) in (("data", "root"), ("train", "device"), ("train", "checkpointing")):
+                continue  # where the data lies and how a step runs, not what it computes
+            if value != (now[section] if key is None else now[section][key]):
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                sets.append(f"{section}{'' if key is None else '.' + key}={text}")
+    return sets
 
 
 def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: list[int], overrides: list[str]) -> None:
@@ -158,11 +178,16 @@ def paired_against(out: Path, chosen: list[System], reference: str = "finetune-c
 
 def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]], dest: Path, subset: bool,
                   command: str, encoder: str, labels: list[str], pseudo_layer: int = -3,
-                  out: Path | None = None) -> dict | None:
-    """``dest/summary.json`` (and its plots) for the systems of one label set."""
+                  out: Path | None = None, recorded: dict[str, list[str]] | None = None) -> dict | None:
+    """``dest/summary.json`` (and its plots) for the systems of one label set. ``recorded`` holds each
+    system's ``--set`` options that its runs were made with beyond ``command``'s (``recorded_overrides``):
+    the commands written then reproduce the numbers, not today's config."""
     chosen = [s for s in plan if s.subset == subset and s.key in results]
     if not chosen:
         return None
+    recorded = {s.key: (recorded or {}).get(s.key, []) for s in chosen}
+    common = [o for o in recorded[chosen[0].key] if all(o in sets for sets in recorded.values())]
+    with_sets = lambda sets: command + "".join(f" --set {shlex.quote(o)}" for o in sets)  # noqa: E731
     dest.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     entries, commits, machines = {}, set(), set()
@@ -176,11 +201,13 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
                            **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
                                                       "f1_mean", "f1_std", "recall_mean", "confusion")},
                            "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
-                           "command": command + (f" --systems {s.name}" if s.table != "main" else "")}
+                           "command": with_sets(recorded[s.key]) + (f" --systems {s.name}" if s.table != "main"
+                                                                     or recorded[s.key] != common else "")}
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
                "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
                "pseudo_layer": pseudo_layer, "systems": entries,
+               **({"recorded_overrides": {s.name: recorded[s.key] for s in chosen}} if any(recorded.values()) else {}),
                **({"paired": p} if out and (p := paired_against(out, chosen)) else {})}
     tmp = dest / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
@@ -193,7 +220,7 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
     if summary.get("paired"):
         plot_paired(summary["paired"], dest / "paired.png", f"{recipe}, {len(labels)} classes")
-    (dest / "README.md").write_text(results_readme(summary, command, subset))
+    (dest / "README.md").write_text(results_readme(summary, with_sets(common), subset))
     return summary
 
 
@@ -201,6 +228,8 @@ def results_readme(summary: dict, command: str, subset: bool) -> str:
     """The results page, generated from ``summary`` (so the two never disagree)."""
     systems = summary["systems"]
     classes = len(summary["classes"])
+    recorded = {n: sets for n, sets in summary.get("recorded_overrides", {}).items() if sets}
+    settings = "; ".join(f"{n}: `{' '.join(sets)}`" for n, sets in recorded.items())
     lines = [f"# {summary['corpus']}, {classes} classes ({', '.join(summary['classes'])}): "
              f"{summary['encoder']}", "",
              "Generated by `gmptl reproduce` from the fold results; do not edit by hand "
@@ -211,7 +240,9 @@ def results_readme(summary: dict, command: str, subset: bool) -> str:
              f"- Written {summary['date']} at commit {str(summary['commit'])[:10]}.",
              "- WAR = accuracy, UAR = mean per-class recall, in percent: mean ± standard deviation over the "
              "folds listed. Compute = the system's own steps and test, summed over folds (steps shared "
-             "with another system count for both).", "",
+             "with another system count for both).",
+             *([f"- Settings: these runs were made with options other than the recipe's config has now "
+                f"({settings}); the commands below set them."] if recorded else []), "",
              "Reproduce (resumes when interrupted; `--jobs N` runs folds in parallel):", "",
              f"    {command}", "", format_tables(summary), *format_paired(summary)]
     if "gmp-tl" in systems:
@@ -335,10 +366,12 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
+    recorded = {s.key: recorded_overrides(out / s.key, system_config(base, s, overrides, subset_labels))
+                for s in plan if s.key in found}
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
-                                 cfg.pseudo.layer, out),
+                                 cfg.pseudo.layer, out, recorded),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
-                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out)}
+                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out, recorded)}
 
 
 def format_tables(summary: dict) -> str:

@@ -69,6 +69,28 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
     assert "gmp-tl" in capsys.readouterr().out
 
 
+def test_report_names_the_settings_its_runs_were_made_with(tmp_path):
+    """Runs made under another setting (an older default of the config, say) are reported with the command
+    that reproduces them: the written command resumes them, the plain one refuses them."""
+    manifest = make_corpus(tmp_path / "corpus", speakers=6, per_class=2)
+    out, results = tmp_path / "run", tmp_path / "results" / "ravdess"
+    args = ["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
+            "--out", str(out), "--results", str(results), "--systems", "finetune-ce", "--folds", "1"]
+    assert main([*args, "--set", "train.average=2", "--set", "stage1.epochs=3", "--no-report"]) == 0
+    assert main([*args, "--report-only"]) == 0
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["recorded_overrides"] == {"finetune-ce": ["stage1.epochs=3", "train.average=2"]}
+    command = summary["systems"]["finetune-ce"]["command"]
+    assert command.endswith("--set stage1.epochs=3 --set train.average=2")
+    page = (results / "README.md").read_text()
+    assert f"    {command}" in page and "finetune-ce: `stage1.epochs=3 train.average=2`" in page
+    before = {p: p.stat().st_mtime for p in out.rglob("result.json")}
+    assert main([*shlex.split(command)[1:], "--systems", "finetune-ce"]) == 0, "it resumes the runs: nothing to do"
+    assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
+    with pytest.raises(SystemExit):
+        main(args)  # today's config: another run, refused in this folder
+
+
 def test_reproduce_rejects_unknown_systems(tmp_path):
     manifest = make_corpus(tmp_path / "corpus", speakers=4, per_class=2)
     with pytest.raises(SystemExit):
