@@ -366,8 +366,14 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
-    recorded = {s.key: recorded_overrides(out / s.key, system_config(base, s, overrides, subset_labels))
-                for s in plan if s.key in found}
+    recorded = {}
+    for s in plan:
+        if s.key in found:
+            sets = recorded[s.key] = recorded_overrides(out / s.key, system_config(base, s, overrides, subset_labels))
+            if sets and recorded_overrides(out / s.key, system_config(base, s, [*overrides, *sets], subset_labels)):
+                log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
+                            "system's own (%s): the command written for it does not reproduce them", s.key,
+                            " ".join(sets))
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
                                  cfg.pseudo.layer, out, recorded),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),

@@ -1,6 +1,7 @@
 """`gmptl reproduce`: systems share their common steps, results and pages are written, resume is free."""
 
 import json
+import logging
 import shlex
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
     assert "gmp-tl" in capsys.readouterr().out
 
 
-def test_report_names_the_settings_its_runs_were_made_with(tmp_path):
+def test_report_names_the_settings_its_runs_were_made_with(tmp_path, caplog):
     """Runs made under another setting (an older default of the config, say) are reported with the command
     that reproduces them: the written command resumes them, the plain one refuses them."""
     manifest = make_corpus(tmp_path / "corpus", speakers=6, per_class=2)
@@ -89,6 +90,12 @@ def test_report_names_the_settings_its_runs_were_made_with(tmp_path):
     assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
     with pytest.raises(SystemExit):
         main(args)  # today's config: another run, refused in this folder
+
+    saved = out / "finetune-ce" / "config.json"  # a setting the system's own overrides fix: no --set reaches it
+    saved.write_text(json.dumps({**(c := json.loads(saved.read_text())), "stage1": {**c["stage1"], "alpha": 0.5}}))
+    with caplog.at_level(logging.WARNING, logger="gmptl.reproduce"):
+        assert main([*args, "--report-only"]) == 0
+    assert "finetune-ce: the config its runs were made with is not reached by --set options" in caplog.text
 
 
 def test_reproduce_rejects_unknown_systems(tmp_path):
