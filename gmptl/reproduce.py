@@ -178,15 +178,17 @@ def paired_against(out: Path, chosen: list[System], reference: str = "finetune-c
 
 def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]], dest: Path, subset: bool,
                   command: str, encoder: str, labels: list[str], pseudo_layer: int = -3,
-                  out: Path | None = None, recorded: dict[str, list[str]] | None = None) -> dict | None:
+                  out: Path | None = None, recorded: dict[str, list[str]] | None = None,
+                  sets: dict[str, list[str]] | None = None) -> dict | None:
     """``dest/summary.json`` (and its plots) for the systems of one label set. ``recorded`` holds each
-    system's ``--set`` options that its runs were made with beyond ``command``'s (``recorded_overrides``):
-    the commands written then reproduce the numbers, not today's config."""
+    system's settings that its runs were made with beyond ``command``'s (``recorded_overrides``), ``sets``
+    the ``--set`` options its command needs to reproduce them (by default ``recorded``'s)."""
     chosen = [s for s in plan if s.subset == subset and s.key in results]
     if not chosen:
         return None
     recorded = {s.key: (recorded or {}).get(s.key, []) for s in chosen}
-    common = [o for o in recorded[chosen[0].key] if all(o in sets for sets in recorded.values())]
+    sets = {s.key: (sets or recorded).get(s.key, []) for s in chosen}
+    common = [o for o in sets[chosen[0].key] if all(o in v for v in sets.values())]
     with_sets = lambda sets: command + "".join(f" --set {shlex.quote(o)}" for o in sets)  # noqa: E731
     dest.mkdir(parents=True, exist_ok=True)
     prov = provenance()
@@ -201,8 +203,8 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
                            **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
                                                       "f1_mean", "f1_std", "recall_mean", "confusion")},
                            "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
-                           "command": with_sets(recorded[s.key]) + (f" --systems {s.name}" if s.table != "main"
-                                                                     or recorded[s.key] != common else "")}
+                           "command": with_sets(sets[s.key]) + (f" --systems {s.name}" if s.table != "main"
+                                                                 or sets[s.key] != common else "")}
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
                "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
@@ -366,18 +368,24 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
-    recorded = {}
-    for s in plan:
-        if s.key in found:
-            sets = recorded[s.key] = recorded_overrides(out / s.key, system_config(base, s, overrides, subset_labels))
-            if sets and recorded_overrides(out / s.key, system_config(base, s, [*overrides, *sets], subset_labels)):
-                log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
-                            "system's own (%s): the command written for it does not reproduce them", s.key,
-                            " ".join(sets))
+    # The --set options each system's runs need beyond the command's: every system's together where they
+    # reproduce it (a system whose own overrides fix a setting ignores it), else its own.
+    done = [s for s in plan if s.key in found]
+    differs = lambda s, extra: recorded_overrides(  # noqa: E731
+        out / s.key, system_config(base, s, [*overrides, *extra], subset_labels))
+    recorded = {s.key: differs(s, []) for s in done}
+    union = list(dict.fromkeys(o for own in recorded.values() for o in own))
+    sets = {s.key: union if not differs(s, union) else recorded[s.key] for s in done}
+    for s in done:
+        if differs(s, sets[s.key]):
+            log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
+                        "system's own (%s): the command written for it does not reproduce them", s.key,
+                        " ".join(sets[s.key]))
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
-                                 cfg.pseudo.layer, out, recorded),
+                                 cfg.pseudo.layer, out, recorded, sets),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
-                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out, recorded)}
+                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out, recorded,
+                                    sets)}
 
 
 def format_tables(summary: dict) -> str:

@@ -76,17 +76,21 @@ def test_report_names_the_settings_its_runs_were_made_with(tmp_path, caplog):
     manifest = make_corpus(tmp_path / "corpus", speakers=6, per_class=2)
     out, results = tmp_path / "run", tmp_path / "results" / "ravdess"
     args = ["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
-            "--out", str(out), "--results", str(results), "--systems", "finetune-ce", "--folds", "1"]
-    assert main([*args, "--set", "train.average=2", "--set", "stage1.epochs=3", "--no-report"]) == 0
+            "--out", str(out), "--results", str(results), "--systems", "frozen-probe,finetune-ce", "--folds", "1"]
+    assert main([*args, "--set", "train.average=2", "--set", "stage1.epochs=3", "--set", "stage1.alpha=0.5",
+                 "--no-report"]) == 0
     assert main([*args, "--report-only"]) == 0
     summary = json.loads((results / "summary.json").read_text())
-    assert summary["recorded_overrides"] == {"finetune-ce": ["stage1.epochs=3", "train.average=2"]}
+    assert summary["recorded_overrides"] == {  # finetune-ce fixes alpha = 1 whatever is set
+        "frozen-probe": ["stage1.alpha=0.5", "stage1.epochs=3", "train.average=2"],
+        "finetune-ce": ["stage1.epochs=3", "train.average=2"]}
     command = summary["systems"]["finetune-ce"]["command"]
-    assert command.endswith("--set stage1.epochs=3 --set train.average=2")
+    assert command.endswith("--set stage1.alpha=0.5 --set stage1.epochs=3 --set train.average=2")
+    assert summary["systems"]["frozen-probe"]["command"] == command, "one command sets what every system needs"
     page = (results / "README.md").read_text()
     assert f"    {command}" in page and "finetune-ce: `stage1.epochs=3 train.average=2`" in page
     before = {p: p.stat().st_mtime for p in out.rglob("result.json")}
-    assert main([*shlex.split(command)[1:], "--systems", "finetune-ce"]) == 0, "it resumes the runs: nothing to do"
+    assert main([*shlex.split(command)[1:], "--systems", "frozen-probe,finetune-ce"]) == 0, "it resumes: nothing to do"
     assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
     with pytest.raises(SystemExit):
         main(args)  # today's config: another run, refused in this folder
