@@ -127,6 +127,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
+HOW = ("device", "checkpointing")  # train options that say how a step runs, not what it computes
 ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
          ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1),
          ("train", "crossfit", False), ("train", "frozen_head_lr", None), ("stage2", "frozen_epochs", None)]
@@ -145,7 +146,7 @@ def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "")
         return {step: out / step for step in STEPS}
     c = cfg.to_dict()
     c["data"].pop("root")
-    for how in ("device", "checkpointing"):  # how a step runs, not what it computes
+    for how in HOW:
         c["train"].pop(how)
     for section, name, default in ADDED:  # options added later leave older digests alone at their default
         if c[section][name] == default:

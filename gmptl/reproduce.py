@@ -29,7 +29,7 @@ from .config import Config, config_from_dict, load_config
 from .corpora import load_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
-from .pipeline import run_fold
+from .pipeline import HOW, run_fold
 from .provenance import provenance
 from .train import check_precision
 
@@ -90,7 +90,7 @@ def recorded_overrides(run_dir: Path, planned: Config) -> list[str]:
     sets = []
     for section, values in before.items():
         for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
-            if (section, key) in (("data", "root"), ("train", "device"), ("train", "checkpointing")):
+            if (section, key) == ("data", "root") or section == "train" and key in HOW:
                 continue  # where the data lies and how a step runs, not what it computes
             if value != (now[section] if key is None else now[section][key]):
                 text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
@@ -189,7 +189,7 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     recorded = {s.key: (recorded or {}).get(s.key, []) for s in chosen}
     sets = {s.key: (sets or recorded).get(s.key, []) for s in chosen}
     common = [o for o in sets[chosen[0].key] if all(o in v for v in sets.values())]
-    with_sets = lambda sets: command + "".join(f" --set {shlex.quote(o)}" for o in sets)  # noqa: E731
+    with_sets = lambda options: command + "".join(f" --set {shlex.quote(o)}" for o in options)  # noqa: E731
     dest.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     entries, commits, machines = {}, set(), set()
@@ -375,12 +375,16 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
         out / s.key, system_config(base, s, [*overrides, *extra], subset_labels))
     recorded = {s.key: differs(s, []) for s in done}
     union = list(dict.fromkeys(o for own in recorded.values() for o in own))
-    sets = {s.key: union if not differs(s, union) else recorded[s.key] for s in done}
+    sets = {}
     for s in done:
-        if differs(s, sets[s.key]):
+        own = recorded[s.key]
+        if own != union and not differs(s, union):
+            sets[s.key] = union
+            continue
+        sets[s.key] = own
+        if own and differs(s, own):
             log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
-                        "system's own (%s): the command written for it does not reproduce them", s.key,
-                        " ".join(sets[s.key]))
+                        "system's own (%s): the command written for it does not reproduce them", s.key, " ".join(own))
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
                                  cfg.pseudo.layer, out, recorded, sets),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
