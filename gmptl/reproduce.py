@@ -31,7 +31,7 @@ from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confu
 from .errors import ConfigError
 from .pipeline import HOW, run_fold
 from .provenance import provenance
-from .train import check_precision
+from .train import atomic_json, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,33 @@ def recorded_overrides(run_dir: Path, planned: Config) -> list[str]:
                 text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
                 sets.append(f"{section}{'' if key is None else '.' + key}={text}")
     return sets
+
+
+def command_sets(done: list[System], recorded: dict[str, list[str]], differs) -> dict[str, list[str]]:
+    """The ``--set`` options each system's written command needs beyond the command's own, from each system's
+    ``recorded`` overrides and ``differs(system, extra)`` (what still differs with ``extra`` set): every system's
+    together where they reproduce it (a system whose own overrides fix a setting ignores it), else its own."""
+    union = list(dict.fromkeys(o for own in recorded.values() for o in own))
+    sets = {}
+    for s in done:
+        own = recorded[s.key]
+        if own != union and not differs(s, union):
+            sets[s.key] = union
+            continue
+        sets[s.key] = own
+        if own and differs(s, own):
+            log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
+                        "system's own (%s): the command written for it does not reproduce them", s.key, " ".join(own))
+    return sets
+
+
+def system_commands(command: str, chosen: list[System], sets: dict[str, list[str]]) -> tuple[dict[str, str], str]:
+    """Each system's command (``command`` with its ``sets``, and ``--systems`` where the page's one command does
+    not run it as it ran), and that one command: with the options every system needs."""
+    common = [o for o in sets[chosen[0].key] if all(o in v for v in sets.values())]
+    with_sets = lambda options: command + "".join(f" --set {shlex.quote(o)}" for o in options)  # noqa: E731
+    return ({s.key: with_sets(sets[s.key]) + (f" --systems {s.name}" if s.table != "main" or sets[s.key] != common
+                                              else "") for s in chosen}, with_sets(common))
 
 
 def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: list[int], overrides: list[str]) -> None:
@@ -187,9 +214,8 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     if not chosen:
         return None
     recorded = {s.key: (recorded or {}).get(s.key, []) for s in chosen}
-    sets = {s.key: (sets or recorded).get(s.key, []) for s in chosen}
-    common = [o for o in sets[chosen[0].key] if all(o in v for v in sets.values())]
-    with_sets = lambda options: command + "".join(f" --set {shlex.quote(o)}" for o in options)  # noqa: E731
+    commands, page_command = system_commands(command, chosen, {s.key: (sets or recorded).get(s.key, [])
+                                                               for s in chosen})
     dest.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     entries, commits, machines = {}, set(), set()
@@ -203,17 +229,14 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
                            **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
                                                       "f1_mean", "f1_std", "recall_mean", "confusion")},
                            "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
-                           "command": with_sets(sets[s.key]) + (f" --systems {s.name}" if s.table != "main"
-                                                                 or sets[s.key] != common else "")}
+                           "command": commands[s.key]}
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
                "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
                "pseudo_layer": pseudo_layer, "systems": entries,
                **({"recorded_overrides": {s.name: recorded[s.key] for s in chosen}} if any(recorded.values()) else {}),
                **({"paired": p} if out and (p := paired_against(out, chosen)) else {})}
-    tmp = dest / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(dest / "summary.json")
+    atomic_json(summary, dest / "summary.json")
     if "gmp-tl" in entries:
         e = entries["gmp-tl"]
         plot_confusion(e["confusion"], labels, dest / "confusion_gmp-tl.png",
@@ -222,7 +245,31 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
     if summary.get("paired"):
         plot_paired(summary["paired"], dest / "paired.png", f"{recipe}, {len(labels)} classes")
-    (dest / "README.md").write_text(results_readme(summary, with_sets(common), subset))
+    (dest / "README.md").write_text(results_readme(summary, page_command, subset))
+    return summary
+
+
+def amend_commands(dest: Path, command: str, recorded: dict[str, list[str]], sets: dict[str, list[str]],
+                   amended: dict) -> dict:
+    """Rewrite ``dest``'s ``summary.json`` and ``README.md`` as the report would have written them had it seen
+    each system's ``recorded`` settings (``--set`` options beyond ``command``, the command the page was written
+    for), with ``sets`` those its command needs (``command_sets``). For pages whose run folders are gone, once
+    those settings are known another way (``results/ravdess/recorded_settings.py``). Numbers, plots and the date
+    and commit the page was written at stay; ``amended`` (date, commit, command, why) goes into both files."""
+    summary = json.loads((dest / "summary.json").read_text())
+    entries = summary["systems"]
+    if summary.get("recorded_overrides"):
+        raise ConfigError(f"{dest / 'summary.json'}: it already names the settings of its runs")
+    if bad := [n for n, e in entries.items() if not e["command"].startswith(command)]:
+        raise ConfigError(f"{dest / 'summary.json'}: the commands of {', '.join(bad)} do not start with {command!r}")
+    chosen = [System(name, e["table"]) for name, e in entries.items()]
+    commands, page_command = system_commands(command, chosen, {n: sets.get(n, []) for n in entries})
+    for name, e in entries.items():
+        e["command"] = commands[name]
+    summary["recorded_overrides"] = {n: recorded.get(n, []) for n in entries}
+    summary["amended"] = amended
+    atomic_json(summary, dest / "summary.json")
+    (dest / "README.md").write_text(results_readme(summary, page_command, False))
     return summary
 
 
@@ -240,6 +287,8 @@ def results_readme(summary: dict, command: str, subset: bool) -> str:
              f"- Runs: commit(s) {', '.join(c[:10] for c in summary['runs']['commits']) or 'unknown'}; "
              f"machine(s): {'; '.join(summary['runs']['machines']) or 'unknown'}.",
              f"- Written {summary['date']} at commit {str(summary['commit'])[:10]}.",
+             *([f"- Commands amended {a['date']} at commit {str(a['commit'])[:10]} by `{a['command']}`: "
+                f"{a['why']}."] if (a := summary.get("amended")) else []),
              "- WAR = accuracy, UAR = mean per-class recall, in percent: mean ± standard deviation over the "
              "folds listed. Compute = the system's own steps and test, summed over folds (steps shared "
              "with another system count for both).",
@@ -368,23 +417,11 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
-    # The --set options each system's runs need beyond the command's: every system's together where they
-    # reproduce it (a system whose own overrides fix a setting ignores it), else its own.
     done = [s for s in plan if s.key in found]
     differs = lambda s, extra: recorded_overrides(  # noqa: E731
         out / s.key, system_config(base, s, [*overrides, *extra], subset_labels))
     recorded = {s.key: differs(s, []) for s in done}
-    union = list(dict.fromkeys(o for own in recorded.values() for o in own))
-    sets = {}
-    for s in done:
-        own = recorded[s.key]
-        if own != union and not differs(s, union):
-            sets[s.key] = union
-            continue
-        sets[s.key] = own
-        if own and differs(s, own):
-            log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
-                        "system's own (%s): the command written for it does not reproduce them", s.key, " ".join(own))
+    sets = command_sets(done, recorded, differs)
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
                                  cfg.pseudo.layer, out, recorded, sets),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),

@@ -5,9 +5,12 @@ import logging
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gmptl.__main__ import get_parser, main
+from gmptl.errors import ConfigError
+from gmptl.reproduce import System, amend_commands, write_results
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +103,53 @@ def test_report_names_the_settings_its_runs_were_made_with(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="gmptl.reproduce"):
         assert main([*args, "--report-only"]) == 0
     assert "finetune-ce: the config its runs were made with is not reached by --set options" in caplog.text
+
+
+def test_amended_page_has_the_commands_a_report_from_its_runs_would_write(tmp_path):
+    """A results page whose run folders are gone, its runs' settings found another way: amending it gives the
+    commands and settings the report would have written from the runs, and keeps its numbers."""
+    labels, rng = ["neutral", "angry"], np.random.default_rng(0)
+
+    def fold(k):
+        c = rng.integers(1, 9, (2, 2))
+        recall = {label: 100 * c[i, i] / c[i].sum() for i, label in enumerate(labels)}
+        return {"fold": k, "war": 100 * np.trace(c) / c.sum(), "uar": np.mean(list(recall.values())), "f1": 50.0,
+                "n": int(c.sum()), "recall": recall, "confusion": c.tolist()}
+
+    plan = [System("finetune-ce", "main"), System("gmp-tl", "main"), System("layer-1", "table3")]
+    results = {s.key: [fold(1), fold(2)] for s in plan}
+    command = "gmptl reproduce ravdess --root /r --set train.micro_batch=64"
+    recorded = {"finetune-ce": ["train.average=1"], "gmp-tl": ["stage2.epochs=3", "train.average=1"],
+                "layer-1": ["train.average=1"]}
+    sets = {**recorded, "layer-1": ["stage2.epochs=3", "train.average=1"]}
+    args = ("ravdess", plan, results)
+    written = write_results(*args, tmp_path / "written", False, command, "enc", labels, recorded=recorded, sets=sets)
+    plain = write_results(*args, tmp_path / "amended", False, command, "enc", labels)
+    assert "recorded_overrides" not in plain and plain["systems"]["gmp-tl"]["command"] == command
+    note = {"date": "2026-12-01", "commit": "0123456789abcdef", "command": "python check.py", "why": "runs gone"}
+    amended = amend_commands(tmp_path / "amended", command, recorded, sets, note)
+
+    assert {n: e["command"] for n, e in amended["systems"].items()} == {
+        "finetune-ce": command + " --set train.average=1",
+        "gmp-tl": command + " --set stage2.epochs=3 --set train.average=1 --systems gmp-tl",
+        "layer-1": command + " --set stage2.epochs=3 --set train.average=1 --systems layer-1"}
+    assert {n: e["command"] for n, e in written["systems"].items()} == {
+        n: e["command"] for n, e in amended["systems"].items()}
+    assert amended["recorded_overrides"] == written["recorded_overrides"] and amended["amended"] == note
+    assert json.loads((tmp_path / "amended" / "summary.json").read_text()) == amended
+    for name, entry in plain["systems"].items():
+        assert {k: v for k, v in entry.items() if k != "command"} == {
+            k: v for k, v in amended["systems"][name].items() if k != "command"}
+    page = lambda d: [line for line in (tmp_path / d / "README.md").read_text().splitlines()  # noqa: E731
+                      if not line.startswith("- Written ")]
+    line = "- Commands amended 2026-12-01 at commit 0123456789 by `python check.py`: runs gone."
+    assert line in page("amended") and [x for x in page("amended") if x != line] == page("written")
+    for done in ("amended", "written"):
+        with pytest.raises(ConfigError, match="it already names the settings of its runs"):
+            amend_commands(tmp_path / done, command, recorded, sets, note)
+    write_results(*args, tmp_path / "other", False, command, "enc", labels)
+    with pytest.raises(ConfigError, match="of finetune-ce, gmp-tl, layer-1 do not start with"):
+        amend_commands(tmp_path / "other", "gmptl reproduce ravdess --root /elsewhere", {}, {}, note)
 
 
 def test_reproduce_rejects_unknown_systems(tmp_path):

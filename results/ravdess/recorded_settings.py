@@ -26,7 +26,7 @@ from pathlib import Path
 
 from gmptl.pipeline import step_dirs
 from gmptl.provenance import provenance
-from gmptl.reproduce import RECIPES, recorded_overrides, system_config, systems
+from gmptl.reproduce import RECIPES, amend_commands, command_sets, recorded_overrides, system_config, systems
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -87,34 +87,51 @@ def same_steps(cfg, old: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="the RAVDESS directory (only its path enters the configs)")
+    parser.add_argument("--amend", action="store_true",
+                        help="also rewrite the commands of results/ravdess{,4}/ with the --set options found "
+                             "(gmptl.reproduce.amend_commands)")
     args = parser.parse_args()
-    recipe = RECIPES["ravdess"]
+    recipe, prov = RECIPES["ravdess"], provenance()
     today = {s.key: s for s in systems(NUM_LAYERS)}
-    commands = {}
-    for name in ("ravdess", "ravdess4"):
-        for system, row in json.loads((REPO / "results" / name / "summary.json").read_text())["systems"].items():
-            commands[system + ("@4" if name == "ravdess4" else "")] = row["command"]
-    rows = {}
-    for commit, keys in MADE_AT.items():
-        sets = recorded_sets(commands[keys[0]], args.root)
-        assert all(recorded_sets(commands[k], args.root) == sets for k in keys), "one command per commit"
-        for key, old in old_plans(commit, keys, sets).items():
-            with tempfile.TemporaryDirectory() as tmp:
-                Path(tmp, "config.json").write_text(json.dumps(old["config"]))
-                needed = recorded_overrides(Path(tmp), system_config(recipe["config"], today[key], sets,
-                                                                     recipe["subset"]))
+    pages = {"ravdess": "", "ravdess4": "@4"}
+    commands = {system + at: row["command"] for page, at in pages.items() for system, row in
+                json.loads((REPO / "results" / page / "summary.json").read_text())["systems"].items()}
+    rows, differs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for commit, keys in MADE_AT.items():
+            sets = recorded_sets(commands[keys[0]], args.root)
+            assert all(recorded_sets(commands[k], args.root) == sets for k in keys), "one command per commit"
+            for key, old in old_plans(commit, keys, sets).items():
+                saved = Path(tmp) / key  # as a run folder keeps it: config.json
+                saved.mkdir()
+                (saved / "config.json").write_text(json.dumps(old["config"]))
+                differs[key] = lambda s, extra, saved=saved, sets=sets: recorded_overrides(  # noqa: E731
+                    saved, system_config(recipe["config"], s, [*sets, *extra], recipe["subset"]))
+                needed = differs[key](today[key], [])
                 cfg = system_config(recipe["config"], today[key], [*sets, *needed], recipe["subset"])
-                reached = not recorded_overrides(Path(tmp), cfg)
-            same = same_steps(cfg, old["steps"])
-            plain = same_steps(system_config(recipe["config"], today[key], sets, recipe["subset"]), old["steps"])
-            rows[key] = {"commit": commit, "recorded_command": commands[key], "set_needed_today": needed,
-                         "config_reached": reached, "steps_with_same_digest": same,
-                         "steps_with_same_digest_without_the_set": plain}
-            print(f"{key:17s} {commit[:7]} needs {' '.join(needed) or '(nothing)'}; same digests with it: "
-                  f"{', '.join(same) or 'none'}, without: {', '.join(plain) or 'none'}")
-    out = {"command": "python results/ravdess/recorded_settings.py --root " + args.root, **provenance(),
-           "systems": rows}
-    (HERE / "recorded_settings.json").write_text(json.dumps(out, indent=1) + "\n")
+                same = same_steps(cfg, old["steps"])
+                plain = same_steps(system_config(recipe["config"], today[key], sets, recipe["subset"]), old["steps"])
+                rows[key] = {"commit": commit, "recorded_command": commands[key], "set_needed_today": needed,
+                             "config_reached": not differs[key](today[key], needed), "steps_with_same_digest": same,
+                             "steps_with_same_digest_without_the_set": plain}
+                print(f"{key:17s} {commit[:7]} needs {' '.join(needed) or '(nothing)'}; same digests with it: "
+                      f"{', '.join(same) or 'none'}, without: {', '.join(plain) or 'none'}")
+        command = "python results/ravdess/recorded_settings.py --root " + args.root
+        (HERE / "recorded_settings.json").write_text(json.dumps({"command": command, **prov, "systems": rows},
+                                                                indent=1) + "\n")
+        if args.amend:
+            for page, at in pages.items():
+                chosen = [today[key] for key in rows if key.endswith(at) and (at or "@" not in key)]
+                recorded = {s.key: rows[s.key]["set_needed_today"] for s in chosen}
+                sets = command_sets(chosen, recorded, lambda s, extra: differs[s.key](s, extra))
+                amend_commands(REPO / "results" / page, min((commands[s.key] for s in chosen), key=len),
+                               {s.name: recorded[s.key] for s in chosen}, {s.name: sets[s.key] for s in chosen},
+                               {"date": prov["date"], "commit": prov["commit"], "command": command + " --amend",
+                                "why": "the run folders are gone, so the report could not compare their configs "
+                                       "with the recipe's; the code of the commits that made them rebuilt those "
+                                       "configs (`recorded_settings.json` beside this page), and the options "
+                                       "today's code needs to reach them, with every step's digest the same, are "
+                                       "set in the commands below"})
 
 
 if __name__ == "__main__":
