@@ -142,6 +142,11 @@ def test_amended_page_has_the_commands_a_report_from_its_runs_would_write(tmp_pa
             k: v for k, v in amended["systems"][name].items() if k != "command"}
     page = lambda d: [line for line in (tmp_path / d / "README.md").read_text().splitlines()  # noqa: E731
                       if not line.startswith("- Written ")]
+    settings = lambda d: [line for line in page(d) if line.startswith("- Settings: ")]  # noqa: E731
+    assert settings("amended") == settings("written") == [
+        "- Settings: these runs were made with options other than the recipe's config has now (finetune-ce: "
+        "`train.average=1`; gmp-tl: `stage2.epochs=3 train.average=1`; layer-1: `train.average=1`); the commands "
+        "below set them."]
     line = "- Commands amended 2026-12-01 at commit 0123456789 by `python check.py`: runs gone."
     assert line in page("amended") and [x for x in page("amended") if x != line] == page("written")
     for done in ("amended", "written"):
@@ -150,6 +155,10 @@ def test_amended_page_has_the_commands_a_report_from_its_runs_would_write(tmp_pa
     write_results(*args, tmp_path / "other", False, command, "enc", labels)
     with pytest.raises(ConfigError, match="of finetune-ce, gmp-tl, layer-1 do not start with"):
         amend_commands(tmp_path / "other", "gmptl reproduce ravdess --root /elsewhere", {}, {}, note)
+    same = {n: ["train.average=1"] for n in recorded}  # one setting for every system: said once
+    amend_commands(tmp_path / "other", command, same, same, note)
+    assert settings("other") == ["- Settings: these runs were made with options other than the recipe's config has "
+                                 "now (every system: `train.average=1`); the commands below set them."]
 
 
 def test_reproduce_rejects_unknown_systems(tmp_path):
