@@ -13,7 +13,8 @@ old code gave it: the folder the step is kept in, which a run resumes from rathe
 recomputes. Writes `recorded_settings.json` beside this file.
 
 A same digest says today's code plans the same computation; it cannot say that the
-code computes it as it did then (that takes a rerun).
+code computes it as it did then. It does not for rows made before commit 2abc10a,
+which changed how dropout and masks are seeded (NOTES.md, item 28).
 """
 
 import argparse
@@ -131,7 +132,11 @@ def main() -> None:
                                        "with the recipe's; the code of the commits that made them rebuilt those "
                                        "configs (`recorded_settings.json` beside this page), and the options "
                                        "today's code needs to reach them, with every step's digest the same, are "
-                                       "set in the commands below"})
+                                       "set in the commands below. The same configuration is not the same draw: "
+                                       "since commit 2abc10a dropout and stage 2's masks are seeded per "
+                                       "micro-batch, so rows made before it (at bdcd4f5) repeat exactly only at "
+                                       "their commit, and with today's code as another run of their "
+                                       "configuration (NOTES.md, item 28)"})
 
 
 if __name__ == "__main__":
