@@ -245,7 +245,7 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
     if summary.get("paired"):
         plot_paired(summary["paired"], dest / "paired.png", f"{recipe}, {len(labels)} classes")
-    (dest / "README.md").write_text(results_readme(summary, page_command, subset))
+    (dest / "README.md").write_text(results_readme(summary, page_command))
     return summary
 
 
@@ -269,11 +269,11 @@ def amend_commands(dest: Path, command: str, recorded: dict[str, list[str]], set
     summary["recorded_overrides"] = {n: recorded.get(n, []) for n in entries}
     summary["amended"] = amended
     atomic_json(summary, dest / "summary.json")
-    (dest / "README.md").write_text(results_readme(summary, page_command, False))
+    (dest / "README.md").write_text(results_readme(summary, page_command))
     return summary
 
 
-def results_readme(summary: dict, command: str, subset: bool) -> str:
+def results_readme(summary: dict, command: str) -> str:
     """The results page, generated from ``summary`` (so the two never disagree)."""
     systems = summary["systems"]
     classes = len(summary["classes"])

@@ -95,8 +95,12 @@ def main() -> None:
     recipe, prov = RECIPES["ravdess"], provenance()
     today = {s.key: s for s in systems(NUM_LAYERS)}
     pages = {"ravdess": "", "ravdess4": "@4"}
-    commands = {system + at: row["command"] for page, at in pages.items() for system, row in
-                json.loads((REPO / "results" / page / "summary.json").read_text())["systems"].items()}
+    commands = {}
+    for page, at in pages.items():  # as first written: an amended page's commands carry the settings found here
+        summary = json.loads((REPO / "results" / page / "summary.json").read_text())
+        for system, row in summary["systems"].items():
+            found = summary.get("recorded_overrides", {}).get(system, []) if "amended" in summary else []
+            commands[system + at] = row["command"].replace("".join(f" --set {shlex.quote(o)}" for o in found), "", 1)
     rows, differs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for commit, keys in MADE_AT.items():
@@ -122,7 +126,7 @@ def main() -> None:
                                                                 indent=1) + "\n")
         if args.amend:
             for page, at in pages.items():
-                chosen = [today[key] for key in rows if key.endswith(at) and (at or "@" not in key)]
+                chosen = [today[key] for key in rows if today[key].subset == bool(at)]
                 recorded = {s.key: rows[s.key]["set_needed_today"] for s in chosen}
                 sets = command_sets(chosen, recorded, lambda s, extra: differs[s.key](s, extra))
                 amend_commands(REPO / "results" / page, min((commands[s.key] for s in chosen), key=len),
