@@ -26,13 +26,14 @@ def cmd_data(args) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if args.crop <= 0:
         fatal(f"--crop must be positive seconds, got {args.crop}")
-    summary = summarize(load_corpus(args.corpus, args.root, classes=classes), crop=args.crop)
+    # Shown whatever its speakers; training refuses a manifest without them unless told (data.speaker_dependent).
+    summary = summarize(load_corpus(args.corpus, args.root, classes=classes, speaker_dependent=True), crop=args.crop)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['corpus']} at {summary['root']}")
     print(f"  {summary['utterances']} utterances, {summary['seconds'] / 3600:.2f} h, "
-          f"{summary['speakers']} speakers")
+          f"{summary['speakers']} speakers ({summary['protocol']} folds)")
     d, crop = summary["durations"], summary["crop"]
     print(f"  durations: median {d['median']:.2f} s (10-90 %: {d['p10']:.2f}-{d['p90']:.2f} s, "
           f"range {d['min']:.2f}-{d['max']:.2f} s)")
@@ -147,19 +148,20 @@ def cmd_compare(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .corpora import load_corpus, validation_split
+    from .corpora import configured_corpus, validation_split
     from .cv import claim_run_dir
     from .pipeline import run_fold, run_split
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out)
     claim_run_dir(cfg, out)
-    corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+    corpus = configured_corpus(cfg.data)
     if args.fold:
         result = run_fold(cfg, corpus, args.fold, out)
     else:
         train, valid = validation_split(corpus.utterances, cfg.data.valid_fraction, seed=cfg.train.seed)
-        result = run_split(cfg, corpus.labels, train, valid, [], out, {"fold": None, "test_speakers": []})
+        result = run_split(cfg, corpus.labels, train, valid, [], out,
+                           {"fold": None, "test_speakers": [], "protocol": corpus.protocol})
     line = f"model: {out / 'model'}"
     if "uar" in result:
         line += f"  (fold {args.fold} test: WAR {result['war']:.2f}, UAR {result['uar']:.2f})"
@@ -215,8 +217,7 @@ def cmd_predict(args) -> int:
     if out and out.suffix.lower() not in (".csv", ".jsonl"):
         raise GmptlError(f"--out {out}: use a .csv or .jsonl file")
     recognizer = load_recognizer(args)
-    files, unmatched = expand_paths(args.paths)
-    failed = [f"{item}: no such file, directory or matching audio" for item in unmatched]
+    files, failed = expand_paths(args.paths)
     for line in failed:
         print(f"gmptl: error: {line}", file=sys.stderr)
 

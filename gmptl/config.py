@@ -23,6 +23,8 @@ class DataConfig:
     corpus: str = "ravdess"            # iemocap, ravdess, emodb, cremad, manifest
     root: str = ""                     # corpus directory (a CSV/JSONL file for manifest)
     classes: list[str] | None = None   # label subset, in this order; None: the corpus's own
+    speaker_dependent: bool = False    # True: accept a manifest without speakers (each file its own); its
+                                       # folds and results are then labelled speaker-dependent
     valid_fraction: float = 0.1        # share of training speakers held out for validation
     valid_by_fold: bool = False        # True: the split's seed is train.seed + fold, so folds validate on
                                        # different speakers (False: one seed, the same speakers recur)

@@ -82,6 +82,12 @@ class Corpus:
     problems: list[Problem]      # missing/unreadable files, unknown labels: listed, never hidden
     dropped: dict[str, int] = field(default_factory=dict)  # label or code -> files outside `labels`
     warnings: list[str] = field(default_factory=list)
+    speaker_independent: bool = True  # False: a manifest without speakers, each file its own (opted in)
+
+    @property
+    def protocol(self) -> str:
+        """What its folds are, for every result made on them: speaker-independent or speaker-dependent."""
+        return "speaker-independent" if self.speaker_independent else "speaker-dependent"
 
     def folds(self) -> list[Fold]:
         """Speaker-independent folds, one per group, in natural group order (``2`` before ``10``)."""
@@ -112,6 +118,7 @@ class Listing:
     problems: list[Problem] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    no_speaker: int = 0  # rows whose speaker is unknown (a manifest without the column): each its own speaker
 
 
 @dataclass(frozen=True)
@@ -367,7 +374,9 @@ def _manifest(manifest: Path) -> Listing:
         if gender and not _gender(gender):
             out.problems.append(Problem(str(full), f"unknown gender '{gender}'"))
         uid = _field(row, "id") or os.path.splitext(path)[0]
-        items.append(_item(full, uid, emotion, _gender(gender), _field(row, "speaker") or uid, group=""))
+        speaker = _field(row, "speaker")
+        out.no_speaker += not speaker
+        items.append(_item(full, uid, emotion, _gender(gender), speaker or uid, group=""))
         folds.append(_field(row, "fold"))
     given = sum(map(bool, folds))
     if 0 < given < len(items):
@@ -395,7 +404,12 @@ CORPORA: dict[str, Adapter] = {
 
 # ----------------------------------------------------------------------------- public functions
 
-def load_corpus(name: str, root, classes: list[str] | None = None) -> Corpus:
+def configured_corpus(data) -> Corpus:
+    """The corpus a config's ``data`` section (``gmptl.config.DataConfig``) names."""
+    return load_corpus(data.corpus, data.root, classes=data.classes, speaker_dependent=data.speaker_dependent)
+
+
+def load_corpus(name: str, root, classes: list[str] | None = None, speaker_dependent: bool = False) -> Corpus:
     """Read a corpus: its usable utterances, what was left out, its folds.
 
     Args:
@@ -405,6 +419,9 @@ def load_corpus(name: str, root, classes: list[str] | None = None) -> Corpus:
             dropped (counted in ``Corpus.dropped``). None: the corpus's standard
             label set and order (IEMOCAP: neutral, happy, angry, sad; a
             manifest: its labels, sorted).
+        speaker_dependent: accept a manifest whose rows lack a speaker, each file then
+            its own speaker: its folds are not speaker-independent, and every result
+            made on them says "speaker-dependent" (``Corpus.protocol``).
 
     Returns:
         The corpus, utterances sorted by id.
@@ -424,6 +441,10 @@ def load_corpus(name: str, root, classes: list[str] | None = None) -> Corpus:
     listing = adapter.read(root)
     if not listing.items and not listing.problems:
         raise CorpusError(f"{root}: no audio found (expected {adapter.layout})")
+    if listing.no_speaker and not speaker_dependent:
+        raise CorpusError(f"{root}: {listing.no_speaker} of {len(listing.items)} rows name no speaker, so its folds "
+                          "would test on speakers seen in training; add a 'speaker' column, or set "
+                          "data.speaker_dependent=true to accept each file as its own speaker")
 
     labels = list(adapter.labels or sorted({u.emotion for u in listing.items}))
     if classes is not None:
@@ -446,7 +467,8 @@ def load_corpus(name: str, root, classes: list[str] | None = None) -> Corpus:
             (utterances if isinstance(result, Utterance) else problems).append(result)
     corpus = Corpus(name, str(root), labels, sorted(utterances, key=lambda u: u.id),
                     sorted(problems, key=lambda p: (p.path, p.reason)),
-                    dict(sorted(listing.dropped.items())), list(listing.warnings))
+                    dict(sorted(listing.dropped.items())), list(listing.warnings),
+                    speaker_independent=not listing.no_speaker)
     if adapter.check:
         corpus.warnings += adapter.check(corpus)
     for warning in corpus.warnings:
@@ -518,6 +540,7 @@ def summarize(corpus: Corpus, crop: float = DataConfig.max_seconds) -> dict:
         "classes": {label: classes[label] for label in corpus.labels},
         "genders": {g: genders[g] for g in ("female", "male", "unknown") if g != "unknown" or genders[g]},
         "speakers": len(corpus.speakers()),
+        "protocol": corpus.protocol,
         "folds": [{"fold": f.index, "test_speakers": f.test_speakers, "test_utterances": len(f.test)}
                   for f in corpus.folds()],
         "dropped": dict(corpus.dropped),

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import dist
 from .config import Config, config_from_dict
-from .corpora import load_corpus
+from .corpora import configured_corpus
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
@@ -212,7 +212,7 @@ def claim_run_dir(cfg: Config, out: Path) -> None:
 
 def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
     """Run the configured system on ``folds`` (all by default) and write ``summary.json``."""
-    corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+    corpus = configured_corpus(cfg.data)
     for p in corpus.problems:
         log.warning("left out %s: %s", p.path, p.reason)
     folds = check_folds(corpus, folds)
@@ -222,7 +222,8 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
     for k in folds:
         log.info("fold %d of %s", k, ", ".join(map(str, folds)))
         results.append(run_fold(cfg, corpus, k, out / f"fold{k}"))
-    summary = {"corpus": corpus.name, "labels": corpus.labels, "system": cfg.system, "encoder": cfg.encoder.spec,
+    summary = {"corpus": corpus.name, "labels": corpus.labels, "protocol": corpus.protocol, "system": cfg.system,
+               "encoder": cfg.encoder.spec,
                **summarize_folds(results, corpus.labels), "wall_s": round(time.perf_counter() - start, 1),
                **provenance()}
     atomic_json(summary, out / "summary.json")

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -274,22 +275,27 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".a
 
 
 def expand_paths(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, directories (recursive, audio suffixes) and globs -> sorted files; and what matched nothing."""
+    """Files, directories (recursive, audio suffixes) and globs -> sorted files; and one line for each item
+    that matched nothing and each broken symbolic link met (given by name or found), naming it."""
     import glob
 
-    files, unmatched = [], []
+    files, problems = [], []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            candidates = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found = [p for p in candidates if p.is_file()]
         elif path.exists():
-            found = [path]
+            found = candidates = [path]
         else:
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-        if not found:
-            unmatched.append(item)
+            candidates = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            found = [p for p in candidates if p.is_file()]
+        broken = sorted(p for p in candidates if p.is_symlink() and not p.exists())
+        problems += [f"{p}: broken symbolic link (its target {os.readlink(p)} does not exist)" for p in broken]
+        if not found and not broken:
+            problems.append(f"{item}: no such file, directory or matching audio")
         files += found
-    return list(dict.fromkeys(files)), unmatched
+    return list(dict.fromkeys(files)), problems
 
 
 def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "",

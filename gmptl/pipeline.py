@@ -127,38 +127,55 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 
 
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
-HOW = ("device", "checkpointing")  # train options that say how a step runs, not what it computes
-ADDED = [("pseudo", "kmeans", "full"), ("data", "valid_by_fold", False), ("train", "frozen_epochs", 0),
-         ("train", "head_weight_decay", 0.0), ("train", "select", "uar"), ("train", "average", 1),
-         ("train", "crossfit", False), ("train", "frozen_head_lr", None), ("stage2", "frozen_epochs", None)]
+# Bump a step's version when a code change alters what it computes (its weights, labels or figures): every
+# directory of that step and of the steps after it gets a new key, so an old one is recomputed, never patched.
+VERSIONS = {"stage1": 1, "pseudo": 1, "stage2": 1, "stage3": 1}
+HOW = {"data": ("root",), "train": ("device", "checkpointing")}  # where the data lies, how a step runs
+
+
+def step_keys(cfg: Config, key: str = "") -> dict[str, str]:
+    """Each step's key: a digest of the config values it depends on and of the versions of its code.
+
+    A step depends on the data (not its path: ``key`` names the fold), the encoder, the
+    head, the training settings (not the device or gradient checkpointing), its own
+    section and those of the steps before it, and the versions of all of them.
+    """
+    c = cfg.to_dict()
+    for section, names in HOW.items():
+        for name in names:
+            c[section].pop(name)
+    keys, depends = {}, {"key": key, **{s: c[s] for s in ("data", "encoder", "head", "train")}}
+    for step in STEPS:
+        depends = {**depends, step: c[step], f"{step}_version": VERSIONS[step]}
+        keys[step] = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:12]
+    return keys
 
 
 def step_dirs(cfg: Config, out: Path, shared: Path | None = None, key: str = "") -> dict[str, Path]:
-    """Where each step of ``cfg`` lives: ``out/<step>``, or, with ``shared``, a directory
-    named by a digest of everything the step depends on, so that systems differing only
-    in a later step (e.g. CE-FT vs Hybrid-FT) reuse the earlier ones.
-
-    A step depends on the data (not its path: ``key`` names the fold), the encoder,
-    the head, training settings (not the device or gradient checkpointing), and its
-    own section and those of the steps before it.
-    """
+    """Where each step of ``cfg`` lives: ``out/<step>``, or, with ``shared``, ``shared/<step>-<key>``
+    (``step_keys``), so that systems differing only in a later step (CE-FT vs Hybrid-FT) reuse the earlier ones."""
     if shared is None:
         return {step: out / step for step in STEPS}
-    c = cfg.to_dict()
-    c["data"].pop("root")
-    for how in HOW:
-        c["train"].pop(how)
-    for section, name, default in ADDED:  # options added later leave older digests alone at their default
-        if c[section][name] == default:
-            c[section].pop(name)
-    common = {"key": key, "data": c["data"], "encoder": c["encoder"], "head": c["head"], "train": c["train"]}
-    stage1 = {**common, "stage1": c["stage1"]}
-    pseudo = {**stage1, "pseudo": c["pseudo"]}
-    stage2 = {**pseudo, "stage2": c["stage2"]}  # stage 1 reaches stage 2 through the pseudo-labels at least
-    stage3 = {**stage2, "stage3": c["stage3"]}
-    digest = lambda d: hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]  # noqa: E731
-    return {step: shared / f"{step}-{digest(d)}" for step, d in
-            zip(STEPS, (stage1, pseudo, stage2, stage3))}
+    return {step: shared / f"{step}-{digest}" for step, digest in step_keys(cfg, key).items()}
+
+
+def claim_steps(cfg: Config, dirs: dict[str, Path], key: str) -> None:
+    """Record each step's key in its directory (``step.json``); refuse a directory made by another version
+    of a step's code (or by a gmptl before step keys), which a resume must not take up as if it were this one's."""
+    keys = step_keys(cfg, key)
+    for step in dirs if dist.is_main() else ():  # rank 0 checks and writes; the others wait for it
+        path, digest = dirs[step] / "step.json", keys[step]
+        if path.exists():
+            found = json.loads(path.read_text()).get("key")
+            if found != digest:
+                raise ConfigError(f"{dirs[step]}: made by another version of the {step} step (key {found}, "
+                                  f"this gmptl's {digest}); remove it or use another --out")
+        elif dirs[step].exists() and any(dirs[step].iterdir()):
+            raise ConfigError(f"{dirs[step]}: made by a gmptl before step keys; remove it or use another --out")
+        else:
+            dirs[step].mkdir(parents=True, exist_ok=True)
+            atomic_json({"step": step, "key": digest, "version": VERSIONS[step]}, path)
+    dist.barrier()
 
 
 def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSet, out: Path,
@@ -253,9 +270,10 @@ def test_model(model, test: AudioSet, max_seconds: float, out: Path) -> dict:
     return write_predictions(test, predict(model, test, max_seconds), out)
 
 
-def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict,
+def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict, protocol: str,
            pseudo_dir: Path | None = None, stage1_weights: Path | None = None) -> Path:
-    """The final model as a model directory (``out/model``), with its pseudo-label centroids."""
+    """The final model as a model directory (``out/model``), with its pseudo-label centroids; ``protocol``
+    says whether its test speakers (if any) were unseen in training (``Corpus.protocol``)."""
     from safetensors.torch import load_file
 
     from .modeldir import save_model_dir
@@ -270,7 +288,7 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
         stage1 = load_file(str(stage1_weights)) if stage1_weights else {}
         pseudo_encoder = {k[len("encoder."):]: v for k, v in stage1.items() if k.startswith("encoder.")}
     extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
-             "metrics": metrics, "config": cfg.to_dict(), "provenance": provenance()}
+             "metrics": metrics, "protocol": protocol, "config": cfg.to_dict(), "provenance": provenance()}
     return save_model_dir(out / "model", model, labels, weights, extra, centroids, pseudo_encoder)
 
 
@@ -315,7 +333,9 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
         if not test_utts:
             raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
         return run_probe(cfg, train, valid, AudioSet(test_utts, labels, "test"), out, info, start)
-    dirs = step_dirs(cfg, out, shared, key=f"{cfg.data.corpus}/{info.get('fold', 'all')}")
+    key = f"{cfg.data.corpus}/{info.get('fold', 'all')}"
+    dirs = step_dirs(cfg, out, shared, key)
+    claim_steps(cfg, {s: d for s, d in dirs.items() if cfg.system == "gmp-tl" or s == "stage1"}, key)
     model, weights, stages = train_system(cfg, labels, train, valid, out, dirs)
     failed = train.failed + valid.failed
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid_utts})}
@@ -332,7 +352,8 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
     metrics["valid_uar"] = chosen_valid_uar(stages)
-    export(cfg, model, weights, labels, out, metrics, dirs["pseudo"], dirs["stage1"] / "best.safetensors")
+    export(cfg, model, weights, labels, out, metrics, info["protocol"], dirs["pseudo"],
+           dirs["stage1"] / "best.safetensors")
     atomic_json(result, result_path)
     dist.barrier()
     return result
@@ -350,4 +371,5 @@ def run_fold(cfg: Config, corpus: Corpus, k: int, out: Path, shared: Path | None
     train_utts, valid_utts = fold_split(cfg, fold)
     log.info("fold %d: test speakers %s", k, ", ".join(fold.test_speakers))
     return run_split(cfg, corpus.labels, train_utts, valid_utts, fold.test, out,
-                     {"fold": k, "test_speakers": fold.test_speakers}, shared=shared and shared / f"fold{k}")
+                     {"fold": k, "test_speakers": fold.test_speakers, "protocol": corpus.protocol},
+                     shared=shared and shared / f"fold{k}")

@@ -16,7 +16,6 @@ A killed run resumes where it stopped: finished systems, folds and steps are ski
 import json
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,11 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, config_from_dict, load_config
-from .corpora import load_corpus
+from .config import Config, load_config
+from .corpora import configured_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confusion, summarize_folds
 from .errors import ConfigError
-from .pipeline import HOW, run_fold
+from .pipeline import run_fold
 from .provenance import provenance
 from .train import atomic_json, check_precision
 
@@ -79,52 +78,6 @@ def system_config(base: Path, system: System, overrides: list[str], subset: list
     return load_config(base, [*overrides, *system.overrides, *extra])
 
 
-def recorded_overrides(run_dir: Path, planned: Config) -> list[str]:
-    """The ``--set`` options that turn ``planned`` into the config the runs in ``run_dir`` were made with
-    (its ``config.json``, today's defaults filling the options added since): none when they match.
-    Results made under an older default thus name the command that reproduces them."""
-    saved = run_dir / "config.json"
-    if not saved.exists():
-        return []
-    before, now = config_from_dict(json.loads(saved.read_text())).to_dict(), planned.to_dict()
-    sets = []
-    for section, values in before.items():
-        for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
-            if (section, key) == ("data", "root") or section == "train" and key in HOW:
-                continue  # where the data lies and how a step runs, not what it computes
-            if value != (now[section] if key is None else now[section][key]):
-                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-                sets.append(f"{section}{'' if key is None else '.' + key}={text}")
-    return sets
-
-
-def command_sets(done: list[System], recorded: dict[str, list[str]], differs) -> dict[str, list[str]]:
-    """The ``--set`` options each system's written command needs beyond the command's own, from each system's
-    ``recorded`` overrides and ``differs(system, extra)`` (what still differs with ``extra`` set): every system's
-    together where they reproduce it (a system whose own overrides fix a setting ignores it), else its own."""
-    union = list(dict.fromkeys(o for own in recorded.values() for o in own))
-    sets = {}
-    for s in done:
-        own = recorded[s.key]
-        if own != union and not differs(s, union):
-            sets[s.key] = union
-            continue
-        sets[s.key] = own
-        if own and differs(s, own):
-            log.warning("%s: the config its runs were made with is not reached by --set options on top of the "
-                        "system's own (%s): the command written for it does not reproduce them", s.key, " ".join(own))
-    return sets
-
-
-def system_commands(command: str, chosen: list[System], sets: dict[str, list[str]]) -> tuple[dict[str, str], str]:
-    """Each system's command (``command`` with its ``sets``, and ``--systems`` where the page's one command does
-    not run it as it ran), and that one command: with the options every system needs."""
-    common = [o for o in sets[chosen[0].key] if all(o in v for v in sets.values())]
-    with_sets = lambda options: command + "".join(f" --set {shlex.quote(o)}" for o in options)  # noqa: E731
-    return ({s.key: with_sets(sets[s.key]) + (f" --systems {s.name}" if s.table != "main" or sets[s.key] != common
-                                              else "") for s in chosen}, with_sets(common))
-
-
 def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: list[int], overrides: list[str]) -> None:
     """Every system of ``plan`` on ``folds``, system by system (so the main table fills first)."""
     subset = RECIPES[recipe]["subset"]
@@ -132,7 +85,7 @@ def run_worker(recipe: str, base: Path, out: Path, plan: list[System], folds: li
     for system in plan:
         cfg = system_config(base, system, overrides, subset)
         if system.subset not in corpora:
-            corpora[system.subset] = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+            corpora[system.subset] = configured_corpus(cfg.data)
         claim_run_dir(cfg, out / system.key)
         for k in folds:
             start = time.perf_counter()
@@ -205,17 +158,12 @@ def paired_against(out: Path, chosen: list[System], reference: str = "finetune-c
 
 def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]], dest: Path, subset: bool,
                   command: str, encoder: str, labels: list[str], pseudo_layer: int = -3,
-                  out: Path | None = None, recorded: dict[str, list[str]] | None = None,
-                  sets: dict[str, list[str]] | None = None) -> dict | None:
-    """``dest/summary.json`` (and its plots) for the systems of one label set. ``recorded`` holds each
-    system's settings that its runs were made with beyond ``command``'s (``recorded_overrides``), ``sets``
-    the ``--set`` options its command needs to reproduce them (by default ``recorded``'s)."""
+                  out: Path | None = None) -> dict | None:
+    """``dest/summary.json``, its plots and ``README.md`` for the systems of one label set; ``command`` runs
+    the main comparison (an ablation's own command adds ``--systems``)."""
     chosen = [s for s in plan if s.subset == subset and s.key in results]
     if not chosen:
         return None
-    recorded = {s.key: (recorded or {}).get(s.key, []) for s in chosen}
-    commands, page_command = system_commands(command, chosen, {s.key: (sets or recorded).get(s.key, [])
-                                                               for s in chosen})
     dest.mkdir(parents=True, exist_ok=True)
     prov = provenance()
     entries, commits, machines = {}, set(), set()
@@ -229,12 +177,11 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
                            **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
                                                       "f1_mean", "f1_std", "recall_mean", "confusion")},
                            "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
-                           "command": commands[s.key]}
+                           "command": command + ("" if s.table == "main" else f" --systems {s.name}")}
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
                "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
                "pseudo_layer": pseudo_layer, "systems": entries,
-               **({"recorded_overrides": {s.name: recorded[s.key] for s in chosen}} if any(recorded.values()) else {}),
                **({"paired": p} if out and (p := paired_against(out, chosen)) else {})}
     atomic_json(summary, dest / "summary.json")
     if "gmp-tl" in entries:
@@ -245,31 +192,7 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     plot_folds(entries, dest / "folds.png", f"{recipe}: UAR per test fold")
     if summary.get("paired"):
         plot_paired(summary["paired"], dest / "paired.png", f"{recipe}, {len(labels)} classes")
-    (dest / "README.md").write_text(results_readme(summary, page_command))
-    return summary
-
-
-def amend_commands(dest: Path, command: str, recorded: dict[str, list[str]], sets: dict[str, list[str]],
-                   amended: dict) -> dict:
-    """Rewrite ``dest``'s ``summary.json`` and ``README.md`` as the report would have written them had it seen
-    each system's ``recorded`` settings (``--set`` options beyond ``command``, the command the page was written
-    for), with ``sets`` those its command needs (``command_sets``). For pages whose run folders are gone, once
-    those settings are known another way (``results/ravdess/recorded_settings.py``). Numbers, plots and the date
-    and commit the page was written at stay; ``amended`` (date, commit, command, why) goes into both files."""
-    summary = json.loads((dest / "summary.json").read_text())
-    entries = summary["systems"]
-    if summary.get("recorded_overrides"):
-        raise ConfigError(f"{dest / 'summary.json'}: it already names the settings of its runs")
-    if bad := [n for n, e in entries.items() if not e["command"].startswith(command)]:
-        raise ConfigError(f"{dest / 'summary.json'}: the commands of {', '.join(bad)} do not start with {command!r}")
-    chosen = [System(name, e["table"]) for name, e in entries.items()]
-    commands, page_command = system_commands(command, chosen, {n: sets.get(n, []) for n in entries})
-    for name, e in entries.items():
-        e["command"] = commands[name]
-    summary["recorded_overrides"] = {n: recorded.get(n, []) for n in entries}
-    summary["amended"] = amended
-    atomic_json(summary, dest / "summary.json")
-    (dest / "README.md").write_text(results_readme(summary, page_command))
+    (dest / "README.md").write_text(results_readme(summary, command))
     return summary
 
 
@@ -277,10 +200,6 @@ def results_readme(summary: dict, command: str) -> str:
     """The results page, generated from ``summary`` (so the two never disagree)."""
     systems = summary["systems"]
     classes = len(summary["classes"])
-    recorded = {n: sets for n, sets in summary.get("recorded_overrides", {}).items() if sets}
-    settings = "; ".join(f"{n}: `{' '.join(sets)}`" for n, sets in recorded.items())
-    if len(recorded) == len(systems) and len({tuple(sets) for sets in recorded.values()}) == 1:
-        settings = f"every system: `{' '.join(next(iter(recorded.values())))}`"
     lines = [f"# {summary['corpus']}, {classes} classes ({', '.join(summary['classes'])}): "
              f"{summary['encoder']}", "",
              "Generated by `gmptl reproduce` from the fold results; do not edit by hand "
@@ -289,13 +208,10 @@ def results_readme(summary: dict, command: str) -> str:
              f"- Runs: commit(s) {', '.join(c[:10] for c in summary['runs']['commits']) or 'unknown'}; "
              f"machine(s): {'; '.join(summary['runs']['machines']) or 'unknown'}.",
              f"- Written {summary['date']} at commit {str(summary['commit'])[:10]}.",
-             *([f"- Commands amended {a['date']} at commit {str(a['commit'])[:10]} by `{a['command']}`: "
-                f"{a['why']}."] if (a := summary.get("amended")) else []),
+             *([f"- {summary['note']}"] if summary.get("note") else []),
              "- WAR = accuracy, UAR = mean per-class recall, in percent: mean ± standard deviation over the "
              "folds listed. Compute = the system's own steps and test, summed over folds (steps shared "
-             "with another system count for both).",
-             *([f"- Settings: these runs were made with options other than the recipe's config has now "
-                f"({settings}); the commands below set them."] if recorded else []), "",
+             "with another system count for both).", "",
              "Reproduce (resumes when interrupted; `--jobs N` runs folds in parallel):", "",
              f"    {command}", "", format_tables(summary), *format_paired(summary)]
     if "gmp-tl" in systems:
@@ -392,7 +308,7 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     user = list(overrides)
     overrides = [*user, f"data.root={root}"]
     cfg = load_config(base, overrides)
-    corpus = load_corpus(cfg.data.corpus, cfg.data.root, classes=cfg.data.classes)
+    corpus = configured_corpus(cfg.data)
     folds = check_folds(corpus, folds)
     from .encoders import build_encoder
     every = systems(build_encoder(cfg.encoder.spec).num_layers)
@@ -419,16 +335,10 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
     subset_labels = RECIPES[recipe]["subset"]
-    done = [s for s in plan if s.key in found]
-    differs = lambda s, extra: recorded_overrides(  # noqa: E731
-        out / s.key, system_config(base, s, [*overrides, *extra], subset_labels))
-    recorded = {s.key: differs(s, []) for s in done}
-    sets = command_sets(done, recorded, differs)
     return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
-                                 cfg.pseudo.layer, out, recorded, sets),
+                                 cfg.pseudo.layer, out),
             "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
-                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out, recorded,
-                                    sets)}
+                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out)}
 
 
 def format_tables(summary: dict) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import load_config
-from .corpora import load_corpus
+from .corpora import configured_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
 from .pipeline import chosen_valid_uar, crossfit_valid_uar, run_fold
@@ -118,7 +118,7 @@ def fold_figures(result: dict) -> dict:
 
 
 def summarize(out: Path, configs: list[list[str]], folds: list[int], command: str,
-              seeds: list[int] | None = None) -> dict:
+              seeds: list[int] | None = None, protocol: str = "speaker-independent") -> dict:
     """``sweep.json``: every config's folds (validation and test, means over its ``seeds``' runs) and
     means; the choice by validation. A config is complete when every seed finished every fold."""
     seeds = seeds or [None]
@@ -153,7 +153,7 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
             entries[name]["vs_base"] = {k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}
     rule = ("best " + ("cross-fitted " if by.startswith("crossfit") else "")
             + "validation UAR averaged over the folds; test scores are not read to choose")
-    summary = {"command": command, "folds": folds, "chosen": chosen,
+    summary = {"command": command, "protocol": protocol, "folds": folds, "chosen": chosen,
                "rule": rule if len(seeds) == 1 else rule.replace("the folds", f"the folds and {len(seeds)} seeds"),
                **({"seeds": seeds} if len(seeds) > 1 else {}), "configs": entries, **provenance()}
     atomic_json(summary, out / "sweep.json")
@@ -207,7 +207,7 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
     if run:
         for _, cfg in runs:
             check_precision(cfg.train.device, cfg.train.precision)
-    corpus = load_corpus(cfgs[0].data.corpus, cfgs[0].data.root, classes=cfgs[0].data.classes)
+    corpus = configured_corpus(cfgs[0].data)
     folds = check_folds(corpus, folds)
     if any(c.data.corpus != cfgs[0].data.corpus or c.data.root != cfgs[0].data.root
            or c.data.classes != cfgs[0].data.classes for c in cfgs):
@@ -227,4 +227,4 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
                 result = run_fold(cfg, corpus, k, out / name / f"fold{k}", shared=out / "steps")
                 log.info("%s fold %d: valid UAR %.2f, test UAR %.2f (%.0f s)", name, k,
                          valid_uar(result), result["uar"], time.perf_counter() - start)
-    return summarize(out, configs, folds, command, seed_list) if report else {}
+    return summarize(out, configs, folds, command, seed_list, corpus.protocol) if report else {}

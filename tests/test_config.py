@@ -65,44 +65,38 @@ def test_a_run_saved_before_new_options_still_resumes(tmp_path):
         claim_run_dir(load_config(None, ["train.lr=1e-3"]), tmp_path)
 
 
-def test_step_digests_ignore_later_options_at_their_default(tmp_path):
-    """A step directory made before ``pseudo.kmeans`` existed is found again at its default;
-    ``fast`` makes new pseudo-label (and later) steps and leaves stage 1 shared."""
-    import hashlib
-    import json
+def test_step_keys_follow_what_each_step_depends_on(tmp_path, monkeypatch):
+    """A step's key moves with its own settings, those of the steps before it and their code versions,
+    and with nothing that only says how it runs; a directory of another key is refused, never taken up."""
+    from gmptl import pipeline
 
-    from gmptl.pipeline import step_dirs
+    keys = lambda *sets: pipeline.step_keys(load_config(None, list(sets)), "ravdess/1")  # noqa: E731
+    base = keys()
+    changed = lambda other: [s for s in pipeline.STEPS if other[s] != base[s]]  # noqa: E731
+    assert len(set(base.values())) == 4
+    for sets, steps in [(["train.device=cpu", "train.checkpointing=true", "data.root=/elsewhere"], []),
+                        (["stage3.margin=0.35"], ["stage3"]),
+                        (["stage2.mask_prob=0.5"], ["stage2", "stage3"]),
+                        (["pseudo.kmeans=fast"], ["pseudo", "stage2", "stage3"]),
+                        (["stage1.epochs=3"], list(pipeline.STEPS)),
+                        (["train.average=3"], list(pipeline.STEPS)),
+                        (["probe.groups=3"], [])]:
+        assert changed(keys(*sets)) == steps, sets
+    assert changed(pipeline.step_keys(load_config(), "ravdess/2")) == list(pipeline.STEPS), "another fold"
+    monkeypatch.setitem(pipeline.VERSIONS, "pseudo", pipeline.VERSIONS["pseudo"] + 1)
+    assert changed(keys()) == ["pseudo", "stage2", "stage3"], "new pseudo-label code: it and what follows recomputed"
+    monkeypatch.undo()
 
-    dirs = step_dirs(load_config(), tmp_path, shared=tmp_path, key="fold1")
-    old = load_config().to_dict()
-    del old["pseudo"]["kmeans"], old["data"]["valid_by_fold"], old["train"]["frozen_epochs"]
-    del old["train"]["head_weight_decay"], old["train"]["select"], old["train"]["average"]  # before these options
-    del old["train"]["crossfit"], old["train"]["frozen_head_lr"], old["stage2"]["frozen_epochs"]
-    old["data"].pop("root"), old["train"].pop("device"), old["train"].pop("checkpointing")
-    common = {"key": "fold1", **{s: old[s] for s in ("data", "encoder", "head", "train")}}
-    before = {**common, "stage1": old["stage1"], "pseudo": old["pseudo"]}
-    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
-    assert dirs["pseudo"].name == f"pseudo-{digest}"
-    fast = step_dirs(load_config(None, ["pseudo.kmeans=fast"]), tmp_path, shared=tmp_path, key="fold1")
-    assert fast["stage1"] == dirs["stage1"] and fast["pseudo"] != dirs["pseudo"] and fast["stage3"] != dirs["stage3"]
-    by_fold = step_dirs(load_config(None, ["data.valid_by_fold=true"]), tmp_path, shared=tmp_path, key="fold1")
-    assert by_fold["stage1"] != dirs["stage1"]  # other validation speakers: another stage 1
-    lp_ft = step_dirs(load_config(None, ["train.frozen_epochs=2"]), tmp_path, shared=tmp_path, key="fold1")
-    assert lp_ft["stage1"] != dirs["stage1"]
-    lp_ft_fast = step_dirs(load_config(None, ["train.frozen_epochs=2", "train.frozen_head_lr=1e-3"]), tmp_path,
-                           shared=tmp_path, key="fold1")
-    assert lp_ft_fast["stage1"] not in (dirs["stage1"], lp_ft["stage1"])
-    lp_ft_13 = step_dirs(load_config(None, ["train.frozen_epochs=2", "stage2.frozen_epochs=0"]), tmp_path,
-                         shared=tmp_path, key="fold1")
-    assert lp_ft_13["pseudo"] == lp_ft["pseudo"] and lp_ft_13["stage2"] != lp_ft["stage2"], \
-        "LP-FT in stages 1 and 3 only shares stage 1 and the pseudo-labels with LP-FT in every stage"
-    with pytest.raises(ConfigError, match="stage2.frozen_epochs must be >= 0"):
-        load_config(None, ["stage2.frozen_epochs=-1"])
-    crossfit = step_dirs(load_config(None, ["train.crossfit=true"]), tmp_path, shared=tmp_path, key="fold1")
-    assert crossfit["stage1"] != dirs["stage1"], "a step made without the cross-fitted figures is not reused"
-    averaged = step_dirs(load_config(None, ["train.average=3"]), tmp_path, shared=tmp_path, key="fold1")
-    assert averaged["stage1"] != dirs["stage1"]
-    by_loss = step_dirs(load_config(None, ["train.select=loss"]), tmp_path, shared=tmp_path, key="fold1")
-    assert by_loss["stage1"] != dirs["stage1"]  # another epoch chosen: another stage 1
-    with pytest.raises(ConfigError, match="pseudo.kmeans must be"):
-        load_config(None, ["pseudo.kmeans=quick"])
+    cfg = load_config()
+    dirs = pipeline.step_dirs(cfg, tmp_path / "run")
+    pipeline.claim_steps(cfg, dirs, "ravdess/1")
+    pipeline.claim_steps(cfg, dirs, "ravdess/1")  # the same steps: resumed
+    with pytest.raises(ConfigError, match="stage3: made by another version of the stage3 step"):
+        pipeline.claim_steps(load_config(None, ["stage3.margin=0.35"]), dirs, "ravdess/1")
+    old = tmp_path / "old" / "stage1"
+    old.mkdir(parents=True)
+    (old / "last.json").write_text("{}")  # a step of a gmptl before step keys
+    with pytest.raises(ConfigError, match="before step keys"):
+        pipeline.claim_steps(cfg, {"stage1": old}, "ravdess/1")
+    shared = pipeline.step_dirs(cfg, tmp_path, shared=tmp_path / "steps", key="ravdess/1")
+    assert {s: d.name for s, d in shared.items()} == {s: f"{s}-{k}" for s, k in base.items()}

@@ -263,12 +263,21 @@ def test_manifest_without_speakers_or_folds(tmp_path):
     for i in range(12):
         write_audio(tmp_path / f"w{i}.wav")
     (tmp_path / "m.csv").write_text("path,emotion\n" + "\n".join(rows) + "\n")
-    corpus = load_corpus("manifest", tmp_path / "m.csv")
+    # Each file its own speaker would make "speaker-independent" folds that are not: refused unless asked for.
+    with pytest.raises(CorpusError, match=r"m.csv: 12 of 12 rows name no speaker.*data.speaker_dependent=true"):
+        load_corpus("manifest", tmp_path / "m.csv")
+    corpus = load_corpus("manifest", tmp_path / "m.csv", speaker_dependent=True)
+    assert corpus.protocol == "speaker-dependent" and summarize(corpus)["protocol"] == "speaker-dependent"
     assert corpus.speakers() == sorted(f"w{i}" for i in range(12))  # each file its own speaker
     assert [len(f.test) for f in corpus.folds()] == [3, 3, 2, 2, 2]
 
     (tmp_path / "two.csv").write_text("path,emotion\nw0.wav,a\nw1.wav,b\n")
-    assert len(load_corpus("manifest", tmp_path / "two.csv").folds()) == 2  # fewer speakers than 5
+    assert len(load_corpus("manifest", tmp_path / "two.csv", speaker_dependent=True).folds()) == 2  # < 5 speakers
+    (tmp_path / "some.csv").write_text("path,emotion,speaker\nw0.wav,a,s0\nw1.wav,b,\n")
+    with pytest.raises(CorpusError, match="1 of 2 rows name no speaker"):
+        load_corpus("manifest", tmp_path / "some.csv")
+    (tmp_path / "all.csv").write_text("path,emotion,speaker\nw0.wav,a,s0\nw1.wav,b,s1\n")
+    assert load_corpus("manifest", tmp_path / "all.csv", speaker_dependent=True).protocol == "speaker-independent"
 
 
 @pytest.mark.parametrize("text,message", [

@@ -124,6 +124,24 @@ def test_bad_files_are_reported_and_the_rest_predicted(model_dir, clips, tmp_pat
     assert "3 input(s) failed, 1 predicted" in err
 
 
+def test_broken_links_are_reported_as_broken_links(model_dir, clips, tmp_path, capsys):
+    """A dangling symbolic link is an error naming it, whether given by name, found in a directory or by a glob."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "gone.wav").symlink_to(tmp_path / "deleted.wav")
+    (folder / "ok.wav").symlink_to(clips[0])
+    named = tmp_path / "named.wav"
+    named.symlink_to(tmp_path / "also-deleted.wav")
+    for paths, broken in (([str(named)], [named]), ([str(folder)], [folder / "gone.wav"]),
+                          ([str(folder / "*.wav")], [folder / "gone.wav"])):
+        code = main(["predict", str(model_dir), *paths])
+        out, err = capsys.readouterr()
+        assert code == 1, paths
+        for link in broken:
+            assert f"{link}: broken symbolic link" in err and "no such file" not in err
+        assert ("ok.wav" in out) == (paths != [str(named)])
+
+
 def test_timeline_streams_windows_and_plots(model_dir, tmp_path, capsys):
     rng = np.random.default_rng(2)
     path = tmp_path / "long.wav"

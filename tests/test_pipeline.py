@@ -58,6 +58,8 @@ def test_cv_writes_every_artifact(reference_run, capsys):
             entry = report["scales"][str(scale)]
             assert 1 <= entry["clusters_used"] <= scale and 0 <= entry["emotion"]["nmi"] <= 1
             assert len(np.load(pseudo / f"valid.km{scale}.labels.npy")) == np.load(pseudo / "valid.lengths.npy").sum()
+        # The step's wall time covers the feature dump and every scale's fit, not the last scale's alone.
+        assert report["wall_s"] >= report["dump_s"] + sum(e["fit_s"] for e in report["scales"].values()) - 0.1
         ids = set((pseudo / "train.ids.txt").read_text().split()) | set((pseudo / "valid.ids.txt").read_text().split())
         result = json.loads((fold / "result.json").read_text())
         assert not ids & {json.loads(line)["id"] for line in (fold / "predictions.jsonl").read_text().splitlines()}, \
@@ -264,3 +266,23 @@ def test_speaker_groups_cover_every_speaker_once():
     assert set().union(*groups) == {f"Actor_{i:02d}" for i in range(5, 25)}
     assert sum(len(g) for g in groups) == 20
     assert len(speaker_groups(["a", "b"], 5)) == 2
+
+
+def test_manifest_without_speakers_is_refused_or_labelled_speaker_dependent(corpus, tmp_path, capsys):
+    """Folds of files without speakers are not speaker-independent: refused, or said so wherever results go."""
+    rows = corpus.read_text().splitlines()
+    header = rows[0].split(",")
+    keep = [i for i, name in enumerate(header) if name not in ("speaker", "fold")]
+    bare = corpus.with_name("no_speakers.csv")
+    bare.write_text("".join(",".join(row.split(",")[i] for i in keep) + "\n" for row in rows))
+    with pytest.raises(SystemExit):
+        main(["cv", "--config", str(CONFIG), "--set", f"data.root={bare}", "--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_speakers.csv" in err[0] and "name no speaker" in err[0]
+
+    out = tmp_path / "dependent"
+    assert main(["cv", "--config", str(CONFIG), "--set", f"data.root={bare}", "--set", "data.speaker_dependent=true",
+                 "--set", "system=finetune", "--set", "stage1.epochs=1", "--folds", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["protocol"] == "speaker-dependent"
+    assert json.loads((out / "fold1" / "result.json").read_text())["protocol"] == "speaker-dependent"
+    assert json.loads((out / "fold1" / "model" / "config.json").read_text())["protocol"] == "speaker-dependent"

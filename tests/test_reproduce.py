@@ -1,16 +1,12 @@
 """`gmptl reproduce`: systems share their common steps, results and pages are written, resume is free."""
 
 import json
-import logging
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gmptl.__main__ import get_parser, main
-from gmptl.errors import ConfigError
-from gmptl.reproduce import System, amend_commands, write_results
 from synth_corpus import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,94 +67,6 @@ def test_reproduce_shares_steps_and_writes_results(tmp_path, capsys):
     again = json.loads((results / "summary.json").read_text())
     assert again["systems"]["gmp-tl"]["uar_mean"] == summary["systems"]["gmp-tl"]["uar_mean"]
     assert "gmp-tl" in capsys.readouterr().out
-
-
-def test_report_names_the_settings_its_runs_were_made_with(tmp_path, caplog):
-    """Runs made under another setting (an older default of the config, say) are reported with the command
-    that reproduces them: the written command resumes them, the plain one refuses them."""
-    manifest = make_corpus(tmp_path / "corpus", speakers=6, per_class=2)
-    out, results = tmp_path / "run", tmp_path / "results" / "ravdess"
-    args = ["reproduce", "ravdess", "--root", str(manifest), "--config", str(REPO / "configs" / "tiny.yaml"),
-            "--out", str(out), "--results", str(results), "--systems", "frozen-probe,finetune-ce", "--folds", "1"]
-    assert main([*args, "--set", "train.average=2", "--set", "stage1.epochs=3", "--set", "stage1.alpha=0.5",
-                 "--no-report"]) == 0
-    assert main([*args, "--report-only"]) == 0
-    summary = json.loads((results / "summary.json").read_text())
-    assert summary["recorded_overrides"] == {  # finetune-ce fixes alpha = 1 whatever is set
-        "frozen-probe": ["stage1.alpha=0.5", "stage1.epochs=3", "train.average=2"],
-        "finetune-ce": ["stage1.epochs=3", "train.average=2"]}
-    command = summary["systems"]["finetune-ce"]["command"]
-    assert command.endswith("--set stage1.alpha=0.5 --set stage1.epochs=3 --set train.average=2")
-    assert summary["systems"]["frozen-probe"]["command"] == command, "one command sets what every system needs"
-    page = (results / "README.md").read_text()
-    assert f"    {command}" in page and "finetune-ce: `stage1.epochs=3 train.average=2`" in page
-    before = {p: p.stat().st_mtime for p in out.rglob("result.json")}
-    assert main([*shlex.split(command)[1:], "--systems", "frozen-probe,finetune-ce"]) == 0, "it resumes: nothing to do"
-    assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == before
-    with pytest.raises(SystemExit):
-        main(args)  # today's config: another run, refused in this folder
-
-    saved = out / "finetune-ce" / "config.json"  # a setting the system's own overrides fix: no --set reaches it
-    saved.write_text(json.dumps({**(c := json.loads(saved.read_text())), "stage1": {**c["stage1"], "alpha": 0.5}}))
-    with caplog.at_level(logging.WARNING, logger="gmptl.reproduce"):
-        assert main([*args, "--report-only"]) == 0
-    assert "finetune-ce: the config its runs were made with is not reached by --set options" in caplog.text
-
-
-def test_amended_page_has_the_commands_a_report_from_its_runs_would_write(tmp_path):
-    """A results page whose run folders are gone, its runs' settings found another way: amending it gives the
-    commands and settings the report would have written from the runs, and keeps its numbers."""
-    labels, rng = ["neutral", "angry"], np.random.default_rng(0)
-
-    def fold(k):
-        c = rng.integers(1, 9, (2, 2))
-        recall = {label: 100 * c[i, i] / c[i].sum() for i, label in enumerate(labels)}
-        return {"fold": k, "war": 100 * np.trace(c) / c.sum(), "uar": np.mean(list(recall.values())), "f1": 50.0,
-                "n": int(c.sum()), "recall": recall, "confusion": c.tolist()}
-
-    plan = [System("finetune-ce", "main"), System("gmp-tl", "main"), System("layer-1", "table3")]
-    results = {s.key: [fold(1), fold(2)] for s in plan}
-    command = "gmptl reproduce ravdess --root /r --set train.micro_batch=64"
-    recorded = {"finetune-ce": ["train.average=1"], "gmp-tl": ["stage2.epochs=3", "train.average=1"],
-                "layer-1": ["train.average=1"]}
-    sets = {**recorded, "layer-1": ["stage2.epochs=3", "train.average=1"]}
-    args = ("ravdess", plan, results)
-    written = write_results(*args, tmp_path / "written", False, command, "enc", labels, recorded=recorded, sets=sets)
-    plain = write_results(*args, tmp_path / "amended", False, command, "enc", labels)
-    assert "recorded_overrides" not in plain and plain["systems"]["gmp-tl"]["command"] == command
-    note = {"date": "2026-12-01", "commit": "0123456789abcdef", "command": "python check.py", "why": "runs gone"}
-    amended = amend_commands(tmp_path / "amended", command, recorded, sets, note)
-
-    assert {n: e["command"] for n, e in amended["systems"].items()} == {
-        "finetune-ce": command + " --set train.average=1",
-        "gmp-tl": command + " --set stage2.epochs=3 --set train.average=1 --systems gmp-tl",
-        "layer-1": command + " --set stage2.epochs=3 --set train.average=1 --systems layer-1"}
-    assert {n: e["command"] for n, e in written["systems"].items()} == {
-        n: e["command"] for n, e in amended["systems"].items()}
-    assert amended["recorded_overrides"] == written["recorded_overrides"] and amended["amended"] == note
-    assert json.loads((tmp_path / "amended" / "summary.json").read_text()) == amended
-    for name, entry in plain["systems"].items():
-        assert {k: v for k, v in entry.items() if k != "command"} == {
-            k: v for k, v in amended["systems"][name].items() if k != "command"}
-    page = lambda d: [line for line in (tmp_path / d / "README.md").read_text().splitlines()  # noqa: E731
-                      if not line.startswith("- Written ")]
-    settings = lambda d: [line for line in page(d) if line.startswith("- Settings: ")]  # noqa: E731
-    assert settings("amended") == settings("written") == [
-        "- Settings: these runs were made with options other than the recipe's config has now (finetune-ce: "
-        "`train.average=1`; gmp-tl: `stage2.epochs=3 train.average=1`; layer-1: `train.average=1`); the commands "
-        "below set them."]
-    line = "- Commands amended 2026-12-01 at commit 0123456789 by `python check.py`: runs gone."
-    assert line in page("amended") and [x for x in page("amended") if x != line] == page("written")
-    for done in ("amended", "written"):
-        with pytest.raises(ConfigError, match="it already names the settings of its runs"):
-            amend_commands(tmp_path / done, command, recorded, sets, note)
-    write_results(*args, tmp_path / "other", False, command, "enc", labels)
-    with pytest.raises(ConfigError, match="of finetune-ce, gmp-tl, layer-1 do not start with"):
-        amend_commands(tmp_path / "other", "gmptl reproduce ravdess --root /elsewhere", {}, {}, note)
-    same = {n: ["train.average=1"] for n in recorded}  # one setting for every system: said once
-    amend_commands(tmp_path / "other", command, same, same, note)
-    assert settings("other") == ["- Settings: these runs were made with options other than the recipe's config has "
-                                 "now (every system: `train.average=1`); the commands below set them."]
 
 
 def test_reproduce_rejects_unknown_systems(tmp_path):

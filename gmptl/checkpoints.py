@@ -1,0 +1,123 @@
+"""A stage's directory: last, best and top-K weights, written atomically, so a killed run resumes.
+
+Layout of ``out_dir`` (one training stage)::
+
+    last.safetensors, last.json   model + Adam state after the last finished epoch, the loop's state
+    best.safetensors              the weights the stage hands on (best epoch, or the mean of the K best)
+    top/epoch<E>.safetensors      the K best epochs' weights while training (``train.average`` K > 1)
+    log.jsonl                     one record per finished epoch
+    done.json                     the stage's summary: present once it is finished (then skipped)
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import dist
+from .utils import atomic_json, atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors written to a temporary file and renamed; under torchrun only rank 0 writes."""
+    if not dist.is_main():
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers may share a directory
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
+    """Adam's state as flat named tensors (safetensors holds no pickles)."""
+    out = {}
+    for i, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optimizer.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    state_dict = opt.state_dict()
+    state: dict = {}
+    for name, value in tensors.items():
+        _, i, key = name.split(".", 2)
+        state.setdefault(int(i), {})[key] = value
+    state_dict["state"] = state
+    opt.load_state_dict(state_dict)
+
+
+class CheckpointStore:
+    """The files of one stage's directory (see the module docstring). Under torchrun only rank 0 writes."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.best, self.last = self.dir / "best.safetensors", self.dir / "last.safetensors"
+
+    def finished(self, model: torch.nn.Module) -> dict | None:
+        """The summary of a finished stage, its handed-on weights loaded into ``model``; None if unfinished."""
+        done = self.dir / "done.json"
+        if not done.exists():
+            return None
+        self.load_best(model)
+        return json.loads(done.read_text())
+
+    def load_best(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(load_file(str(self.best)))
+
+    def save_best(self, model: torch.nn.Module) -> None:
+        atomic_save(model.state_dict(), self.best)
+
+    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+        """The loop's state after the last finished epoch, model and optimizer restored; None for a new stage."""
+        if not self.last.exists():
+            return None
+        tensors = load_file(str(self.last))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
+        return json.loads((self.dir / "last.json").read_text())
+
+    def top_file(self, epoch: int) -> Path:
+        """Where ``train.average`` keeps the weights of one of the best epochs."""
+        return self.dir / "top" / f"epoch{epoch}.safetensors"
+
+    def save_epoch(self, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict, improved: bool,
+                   keep: set[int]) -> None:
+        """After an epoch: the best weights when they improved, this epoch's in ``top/`` when it is one of
+        ``keep``, then the resumable state and the log; last, ``top/`` loses the epochs not kept."""
+        if dist.is_main():
+            weights = model.state_dict()
+            if improved:
+                atomic_save(weights, self.best)
+            if state["epoch"] in keep:
+                (self.dir / "top").mkdir(exist_ok=True)
+                atomic_save(weights, self.top_file(state["epoch"]))
+            atomic_save({**{f"model.{k}": v for k, v in weights.items()}, **optimizer_tensors(opt)}, self.last)
+            atomic_json(state, self.dir / "last.json")
+            # rewritten whole: a resumed epoch is never logged twice
+            atomic_write("".join(json.dumps(r) + "\n" for r in state["history"]), self.dir / "log.jsonl")
+            self.prune_top(keep)  # after last.json: a run killed before has them all still
+        dist.barrier()  # the other ranks read nothing before rank 0 has written it
+
+    def prune_top(self, keep: set[int]) -> None:
+        """Unlinks the weights of every epoch in ``top/`` but ``keep``'s, found by listing the folder:
+        an epoch a kill left there between ``last.json`` and its unlinking goes too."""
+        names = {self.top_file(e).name for e in keep}
+        for path in (self.dir / "top").glob("epoch*.safetensors"):
+            if path.name not in names:
+                path.unlink(missing_ok=True)
+
+    def finish(self, summary: dict, best_epoch: int) -> None:
+        """``done.json``; the optimizer state goes, and ``top/`` keeps the best epoch's own weights only."""
+        dist.barrier()
+        if dist.is_main():
+            atomic_json(summary, self.dir / "done.json")
+            self.last.unlink(missing_ok=True)
+            self.prune_top({best_epoch})
+        dist.barrier()
