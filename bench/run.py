@@ -30,7 +30,8 @@ from gmptl.data import AudioSet, bucket_batches, padding_fraction  # noqa: E402
 from gmptl.encoders import build_encoder  # noqa: E402
 from gmptl.model import UtteranceClassifier  # noqa: E402
 from gmptl.modeldir import save_model_dir  # noqa: E402
-from gmptl.train import atomic_save, cpu_has_bf16  # noqa: E402
+from gmptl.checkpoints import atomic_save  # noqa: E402
+from gmptl.utils import cpu_has_bf16  # noqa: E402
 
 LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
@@ -442,7 +443,7 @@ def training_step_variants(args, dev: torch.device, specs, variants, batch: int)
     """Per encoder spec, per (name, precision, checkpointing, frozen front end): step time, peak GPU memory,
     and gradients against the first variant's (max relative difference, cosine)."""
     from gmptl.losses import multitask_loss
-    from gmptl.train import autocast
+    from gmptl.utils import autocast
 
     waves = torch.from_numpy(np.stack(clips(args.ravdess, batch))).to(dev)
     lengths = torch.full((batch,), waves.shape[1], device=dev)

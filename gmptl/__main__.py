@@ -211,7 +211,7 @@ def load_recognizer(args):
 def cmd_predict(args) -> int:
     from .audio import load_audio
     from .errors import AudioError
-    from .inference import expand_paths, plot_timeline
+    from .inference import expand_paths
 
     out = Path(args.out) if args.out else None
     if out and out.suffix.lower() not in (".csv", ".jsonl"):
@@ -220,39 +220,8 @@ def cmd_predict(args) -> int:
     files, failed = expand_paths(args.paths)
     for line in failed:
         print(f"gmptl: error: {line}", file=sys.stderr)
-
     if args.timeline:
-        if len(files) != 1:
-            raise GmptlError(f"--timeline takes one recording, got {len(files)}")
-        from tqdm import tqdm
-
-        from .audio import audio_info
-
-        seconds = audio_info(files[0]).duration
-        with tqdm(total=round(seconds, 1), desc="timeline", unit="s", disable=None, leave=False) as bar:
-            windows = []
-            for w in recognizer.timeline(files[0], args.window, args.hop, args.batch_size):
-                windows.append(w)
-                bar.update(round(min(w.end, seconds) - bar.n, 1))
-        track = None
-        if (args.plot or args.track) and recognizer.has_pseudo_labels:
-            track = list(recognizer.pseudo_track(files[0]))
-        elif args.track:
-            raise GmptlError(f"--track: {args.model} has no pseudo-label encoder and centroids (a GMP-TL model "
-                             "directory has them; an ONNX export does not)")
-        if args.track:
-            write_track(track, Path(args.track))
-            print(f"pseudo-label track: {args.track}")
-        if out:
-            write_rows([w.to_dict() for w in windows], out)
-            print(f"{len(windows)} window(s) in {out}")
-        else:
-            for w in windows:
-                print(f"{w.start:9.2f} {w.end:9.2f}  {w.label:<10} {w.probabilities[w.label]:.2f}")
-        if args.plot:
-            plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time", track)
-            print(f"plot: {args.plot}")
-        return 0
+        return predict_timeline(args, recognizer, files, out)
 
     rows = []
     for start in range(0, len(files), args.batch_size):
@@ -277,6 +246,44 @@ def cmd_predict(args) -> int:
     if failed:
         print(f"gmptl: {len(failed)} input(s) failed, {len(rows)} predicted", file=sys.stderr)
         return 1
+    return 0
+
+
+def predict_timeline(args, recognizer, files: list[Path], out: Path | None) -> int:
+    """``gmptl predict --timeline``: one recording's windows as a table, CSV or JSONL, its plot and track."""
+    from .inference import plot_timeline, timeline_with_track
+
+    if len(files) != 1:
+        raise GmptlError(f"--timeline takes one recording, got {len(files)}")
+    if args.track and not recognizer.has_pseudo_labels:
+        raise GmptlError(f"--track: {args.model} has no pseudo-label encoder and centroids (a GMP-TL model "
+                         "directory has them; an ONNX export does not)")
+    windows, track = timeline_with_track(recognizer, files[0], args.window, args.hop, args.batch_size,
+                                         track=bool(args.plot or args.track))
+    if args.track:
+        write_track(track, Path(args.track))
+        print(f"pseudo-label track: {args.track}")
+    if out:
+        write_rows([w.to_dict() for w in windows], out)
+        print(f"{len(windows)} window(s) in {out}")
+    else:
+        for w in windows:
+            print(f"{w.start:9.2f} {w.end:9.2f}  {w.label:<10} {w.probabilities[w.label]:.2f}")
+    if args.plot:
+        plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time", track)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import load_config, options_table
+
+    if args.list:
+        print(options_table(markdown=args.markdown), end="")
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(load_config(args.config, args.set or []).to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -322,6 +329,30 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data)
 
+    add_training_commands(sub)
+    add_model_commands(sub)
+    p = sub.add_parser("download", help="fetch a public corpus (RAVDESS), check it, unpack it; resumable")
+    p.add_argument("corpus", choices=("ravdess",), help="the corpus")
+    p.add_argument("--dest", required=True, help="directory to download and unpack into")
+    p.add_argument("--url", help="another address (a mirror) for the same archive")
+    p.add_argument("--md5", help="expected md5 of the archive (default: the published one)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("config", help="every config option with its default and meaning, or a resolved config")
+    p.add_argument("--list", action="store_true", help="every option, its default and what it does")
+    p.add_argument("--markdown", action="store_true", help="with --list: as a Markdown table")
+    p.add_argument("--config", help="YAML config to resolve (default: the defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def add_training_commands(sub) -> None:
+    """cv, reproduce, sweep, compare, train."""
     p = sub.add_parser("cv", help="cross-validate a system (GMP-TL by default) fold by fold, resumable")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=3e-4")
@@ -379,6 +410,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory; the model lands in OUT/model; rerun to resume")
     p.set_defaults(func=cmd_train)
 
+
+
+def add_model_commands(sub) -> None:
+    """predict, serve, export: using a trained model."""
     p = sub.add_parser("predict", help="emotion of audio files, or of a long recording over time")
     p.add_argument("model", help="a model directory (gmptl train OUT/model, or a gmptl cv fold's model)")
     p.add_argument("paths", nargs="+", help="audio files, directories (searched recursively) or globs")
@@ -410,17 +445,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="output file (default MODEL/model.onnx)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("download", help="fetch a public corpus (RAVDESS), check it, unpack it; resumable")
-    p.add_argument("corpus", choices=("ravdess",), help="the corpus")
-    p.add_argument("--dest", required=True, help="directory to download and unpack into")
-    p.add_argument("--url", help="another address (a mirror) for the same archive")
-    p.add_argument("--md5", help="expected md5 of the archive (default: the published one)")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_encoders)
-    return parser
 
 
 def main(argv=None) -> int:

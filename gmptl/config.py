@@ -6,6 +6,10 @@ artifact it produced.
 """
 
 import dataclasses
+import inspect
+import io
+import json
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,19 +47,19 @@ class EncoderConfig:
 class HeadConfig:
     lstm_hidden: int = 256             # BiLSTM units per direction (paper: not given)
     proj_hidden: int = 256             # LinearP hidden width (paper: not given)
-    dropout: float = 0.1
+    dropout: float = 0.1               # dropout in the head (after the BiLSTM and inside LinearP)
 
 
 @dataclass
 class Stage1Config:
     alpha: float = 0.9                 # eq. 1: alpha * CE(emotion) + (1 - alpha) * CE(gender); 1.0 = MPs
-    epochs: int = 10
+    epochs: int = 10                   # most epochs of stage 1 (early stopping: train.patience)
 
 
 @dataclass
 class PseudoLabelConfig:
     layer: int = -3                    # third-to-last works best (Table 3)
-    scales: list[int] = field(default_factory=lambda: [64, 512, 4096])
+    scales: list[int] = field(default_factory=lambda: [64, 512, 4096])  # k-means clusters per scale (paper)
     max_frames: int = 300_000          # k-means training subsample per scale (seeded), ours
     iterations: int = 25               # k-means iterations, ours
     kmeans: str = "full"               # full (`iterations` passes) | fast (~3 passes; pseudo_labels.schedule)
@@ -65,20 +69,18 @@ class PseudoLabelConfig:
 @dataclass
 class Stage2Config:
     init: str = "pretrained"           # pretrained | stage1: where the stage-2 encoder starts
-    mask_prob: float = 0.8             # HuBERT pre-training values
-    mask_span: int = 10
+    mask_prob: float = 0.8             # share of frames that start a masked span (HuBERT pre-training: 0.8)
+    mask_span: int = 10                # frames per masked span (HuBERT: 10)
     unmasked_weight: float = 0.0       # CE weight of unmasked frames (HuBERT: 0)
-    epochs: int = 5
-    frozen_epochs: int | None = None   # LP-FT's frozen epochs in stage 2 (None: train.frozen_epochs; 0: none,
-                                       # the masked prediction trains the encoder from its first epoch); ours
+    epochs: int = 5                    # most epochs of stage 2 (early stopping on the masked-frame loss)
 
 
 @dataclass
 class Stage3Config:
     loss: str = "amsoftmax"            # amsoftmax (Hybrid-FT) | ce (CE-FT)
-    scale: float = 30.0                # s
-    margin: float = 0.2                # m
-    epochs: int = 10
+    scale: float = 30.0                # AM-Softmax s (eq. 2)
+    margin: float = 0.2                # AM-Softmax m (eq. 2)
+    epochs: int = 10                   # most epochs of stage 3
 
 
 @dataclass
@@ -96,18 +98,16 @@ class TrainConfig:
                                        # 1 - lr * head_weight_decay (0: plain Adam, the paper); ours
     frozen_epochs: int = 0             # first epochs of every stage train the heads only, the encoder frozen
                                        # (LP-FT, Kumar et al. 2022: less distortion of the pretrained features); ours
-    frozen_head_lr: float | None = None  # the heads' learning rate during those frozen epochs (None: head_lr); ours
     batch_size: int = 64               # effective batch (paper), reached by accumulation
     micro_batch: int = 16              # utterances per forward pass
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0             # largest gradient norm (clipped before each step)
     patience: int = 3                  # epochs without validation gain (train.select) before stopping
     select: str = "uar"                # uar | loss: the validation figure that picks the epoch of stages 1 and 3
     average: int = 1                   # a stage hands on the mean of its K best epochs' weights (by validation),
                                        # not the best epoch's alone (checkpoint averaging); 1: the best epoch; ours
     crossfit: bool = False             # also score stages 1 and 3 by each validation speaker predicted with the
                                        # epochs the other validation speakers choose (no best-score bias); ours
-    max_padding: float = 0.10          # warn when more of a batch than this is padding
-    seed: int = 0
+    seed: int = 0                      # initial weights, batch order and crops, masks, dropout, validation speakers
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
     precision: str = "fp32"            # fp32 | bf16 (autocast on CUDA or CPU; the log-mel and cosines stay fp32)
     checkpointing: bool = False        # gradient checkpointing of the encoder's layers: less memory, ~30% more time
@@ -139,8 +139,6 @@ class Config:
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),
             (all(k >= 2 for k in self.pseudo.scales) and self.pseudo.scales, "pseudo.scales must be >= 2 each"),
             (self.train.frozen_epochs >= 0, "train.frozen_epochs must be >= 0"),
-            (self.stage2.frozen_epochs is None or self.stage2.frozen_epochs >= 0, "stage2.frozen_epochs must be >= 0"),
-            (self.train.frozen_head_lr is None or self.train.frozen_head_lr > 0, "train.frozen_head_lr must be > 0"),
             (self.train.select in ("uar", "loss"), "train.select must be 'uar' or 'loss'"),
             (self.train.average >= 1, "train.average must be >= 1"),
             (self.train.head_weight_decay >= 0, "train.head_weight_decay must be >= 0"),
@@ -251,3 +249,44 @@ def load_config(path=None, overrides: list[str] = ()) -> Config:
         return _build(Config, data, "").validate()
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+# ----------------------------------------------------------------------------- the options, documented once
+
+def option_docs() -> list[dict]:
+    """Every option as ``key`` (``section.name``), ``type``, ``default`` and ``doc``: the comment beside its
+    field above, the one place an option is documented (``gmptl config --list`` prints them)."""
+    defaults, rows = Config().to_dict(), []
+    for f in dataclasses.fields(Config):
+        section = f.type if dataclasses.is_dataclass(f.type) else None
+        owner = section or Config
+        docs, hints = _field_comments(owner), typing.get_type_hints(owner)
+        for g in dataclasses.fields(section) if section else [f]:
+            rows.append({"key": f"{f.name}.{g.name}" if section else g.name, "type": _name(hints[g.name]),
+                         "default": defaults[f.name][g.name] if section else defaults[g.name],
+                         "doc": docs.get(g.name, "")})
+    return rows
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """``{field: its comment}`` from ``cls``'s source: the comment on the field's line and the comment-only
+    lines below it, which continue it."""
+    docs, field_name = {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4:
+            field_name = tok.string  # a field (or a method's def) starts a line indented once
+        elif tok.type == tokenize.COMMENT and field_name:
+            text = tok.string.lstrip("#").strip()
+            docs[field_name] = f"{docs[field_name]} {text}" if field_name in docs else text
+    return docs
+
+
+def options_table(markdown: bool = False) -> str:
+    """Every option with its default and what it does: a Markdown table (the README's), or plain text."""
+    rows = option_docs()
+    shown = lambda v: v if isinstance(v, str) and v else json.dumps(v)  # noqa: E731
+    if markdown:
+        return "\n".join(["| option | default | what it does |", "| --- | --- | --- |"]
+                         + [f"| `{r['key']}` | `{shown(r['default'])}` | {r['doc']} |" for r in rows]) + "\n"
+    width = max(len(r["key"]) for r in rows)
+    return "".join(f"{r['key']:<{width}}  {shown(r['default']):<18} {r['doc']}\n" for r in rows)

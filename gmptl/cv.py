@@ -14,7 +14,7 @@ from .corpora import configured_corpus
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
-from .train import atomic_json, check_precision
+from .utils import atomic_json, check_precision
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ class Recognizer:
     @classmethod
     def from_model_dir(cls, model_dir, precision: str = "fp32") -> "Recognizer":
         from .export import Probabilities, probability_scale
-        from .train import autocast
+        from .utils import autocast
 
         model, meta = load_model_dir(Path(model_dir))
         net = Probabilities(model, probability_scale(model, meta)).eval()
@@ -261,7 +261,7 @@ def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     if backend == "torch":
-        from .train import check_precision
+        from .utils import check_precision
         check_precision(torch.device("cpu"), precision)
         return Recognizer.from_model_dir(path, precision)
     if precision != "fp32":
@@ -296,6 +296,23 @@ def expand_paths(items: list[str]) -> tuple[list[Path], list[str]]:
             problems.append(f"{item}: no such file, directory or matching audio")
         files += found
     return list(dict.fromkeys(files)), problems
+
+
+def timeline_with_track(recognizer: "Recognizer", path: Path, window: float, hop: float, batch_size: int,
+                        track: bool = False) -> tuple[list[Window], list[PseudoLabels] | None]:
+    """``recognizer.timeline`` of one recording with a progress bar in seconds of audio, and with ``track``
+    its frame pseudo-label track (None when not asked for, or when the model has none)."""
+    from tqdm import tqdm
+
+    from .audio import audio_info
+
+    seconds = audio_info(path).duration
+    windows = []
+    with tqdm(total=round(seconds, 1), desc="timeline", unit="s", disable=None, leave=False) as bar:
+        for w in recognizer.timeline(path, window, hop, batch_size):
+            windows.append(w)
+            bar.update(round(min(w.end, seconds) - bar.n, 1))
+    return windows, list(recognizer.pseudo_track(path)) if track and recognizer.has_pseudo_labels else None
 
 
 def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "",

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from . import dist, losses
-from .config import Config, TrainConfig
+from .config import Config
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
@@ -28,7 +28,8 @@ from .metrics import confusion, scores
 from .model import MaskedPredictor, UtteranceClassifier
 from .provenance import provenance
 from .pseudo_labels import build_pseudo_labels, load_labels
-from .train import Stage, atomic_json, fit, model_device, resolve_device
+from .train import Stage, fit, training_batches
+from .utils import atomic_json, model_device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,6 @@ def stage1_loss(alpha: float):
         out = model(batch.waves, batch.lengths)
         return losses.multitask_loss(out["emotion"], out["gender"], batch.emotion, batch.gender, alpha)
     return loss
-
-
-def stage2_train(cfg: Config) -> TrainConfig:
-    """Stage 2's training settings: ``train``'s, with ``stage2.frozen_epochs`` for LP-FT's frozen epochs when set."""
-    if cfg.stage2.frozen_epochs is None:
-        return cfg.train
-    return dataclasses.replace(cfg.train, frozen_epochs=cfg.stage2.frozen_epochs)
 
 
 def stage3_loss(kind: str, s: float, m: float):
@@ -188,9 +182,10 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     # Stage 1: encoder + BiLSTM/MAP/LinearP, alpha * CE(emotion) + (1 - alpha) * CE(gender).
     torch.manual_seed(cfg.train.seed * 10 + 1)  # initial weights: a resumed run rebuilds the same model
     model = classifier(cfg, new_encoder(cfg), C, gender=cfg.stage1.alpha < 1.0, kind="linear")
+    batches = training_batches(train, cfg.train, d.max_seconds)
     stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
                                  classification_eval(valid, d.eval_max_seconds, cfg.train.select), cfg.stage1.epochs),
-                           train, cfg.train, d.max_seconds, dirs["stage1"])
+                           batches, cfg.train, dirs["stage1"])
     if cfg.system != "gmp-tl":
         return model, dirs["stage1"] / "best.safetensors", stages
 
@@ -222,7 +217,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
 
     stages["stage2"] = fit(Stage("stage2", predictor, lambda m, b, rng: stage2_batch_loss(m, b, train_labels, cfg, rng),
                                  stage2_eval, cfg.stage2.epochs),
-                           train, stage2_train(cfg), d.max_seconds, dirs["stage2"])
+                           batches, cfg.train, dirs["stage2"])
 
     # Stage 3: the stage-2 encoder, a fresh head, AM-Softmax (Hybrid-FT) or CE (CE-FT).
     s3 = cfg.stage3
@@ -231,7 +226,7 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
                                  classification_eval(valid, d.eval_max_seconds, cfg.train.select,
                                                      probability_scale(model, {"config": cfg.to_dict()})), s3.epochs),
-                           train, cfg.train, d.max_seconds, dirs["stage3"])
+                           batches, cfg.train, dirs["stage3"])
     return model, dirs["stage3"] / "best.safetensors", stages
 
 

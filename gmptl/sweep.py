@@ -41,7 +41,7 @@ from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
 from .pipeline import chosen_valid_uar, crossfit_valid_uar, run_fold
 from .provenance import provenance
-from .train import atomic_json, check_precision
+from .utils import atomic_json, check_precision
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def ravdess_root() -> Path:
 
 @pytest.fixture
 def native_bf16():
-    """Skip where the CPU has no native bf16: gmptl refuses bf16 there (``gmptl.train.check_precision``)."""
-    from gmptl.train import cpu_has_bf16
+    """Skip where the CPU has no native bf16: gmptl refuses bf16 there (``gmptl.utils.check_precision``)."""
+    from gmptl.utils import cpu_has_bf16
     if not cpu_has_bf16():
         pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")

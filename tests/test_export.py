@@ -13,7 +13,7 @@ from gmptl.audio import load_audio
 from gmptl.encoders import build_encoder
 from gmptl.model import UtteranceClassifier
 from gmptl.modeldir import save_model_dir
-from gmptl.train import atomic_save
+from gmptl.checkpoints import atomic_save
 
 pytest.importorskip("onnxruntime")
 

@@ -101,7 +101,7 @@ def test_precision_options_are_checked(model_dir, clips, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit:
         main(["predict", str(model_dir), str(clips[0]), "--backend", "onnx", "--precision", "bf16"])
     assert exit.value.code != 0 and "--precision bf16 needs --backend torch" in capsys.readouterr().err
-    monkeypatch.setattr("gmptl.train.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("gmptl.utils.cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="this CPU has no native bf16"):
         gmptl.load(model_dir, precision="bf16")
     with pytest.raises(SystemExit) as exit:

@@ -189,13 +189,13 @@ def test_select_by_validation_loss_picks_the_epoch_of_least_loss(corpus, tmp_pat
               "--out", str(tmp_path / "bad")])
 
 
-def test_stage2_frozen_epochs_leave_lp_ft_to_stages_1_and_3(corpus, tmp_path):
+def test_frozen_epochs_start_every_stage(corpus, tmp_path):
     out = tmp_path / "lp-ft"
     assert main(["train", "--config", str(CONFIG), "--set", f"data.root={corpus}", "--set", "train.frozen_epochs=1",
-                 "--set", "stage2.frozen_epochs=0", "--out", str(out)]) == 0
+                 "--out", str(out)]) == 0
     frozen = {stage: [json.loads(line)["encoder_frozen"] for line in (out / stage / "log.jsonl").read_text().splitlines()]
               for stage in ("stage1", "stage2", "stage3")}
-    assert frozen == {"stage1": [True, False], "stage2": [False, False], "stage3": [True, False]}
+    assert frozen == {"stage1": [True, False], "stage2": [True, False], "stage3": [True, False]}
 
 
 def test_checkpoint_averaging_and_crossfit_through_every_stage(corpus, tmp_path):

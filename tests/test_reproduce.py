@@ -116,7 +116,7 @@ def test_the_probe_runs_in_fp32_whatever_the_fine_tuned_systems_use(tmp_path, ca
     """bf16 is for the fine-tuned systems: the probe's folder holds fp32 (what it runs), so a machine without
     bf16 can make it for a bf16 run; a system that would autocast is refused there before any work."""
     from gmptl.reproduce import RECIPES, system_config, systems
-    from gmptl.train import cpu_has_bf16
+    from gmptl.utils import cpu_has_bf16
 
     every = {s.key: s for s in systems(2)}
     config = lambda name: system_config(REPO / "configs" / "tiny.yaml", every[name], ["train.precision=bf16"],  # noqa: E731

@@ -8,7 +8,7 @@ For each finished fold of RUN, the last classification stage's figures (stage 3,
 or stage 1 for plain fine-tuning): its validation UAR as recorded (the best
 epoch's, a maximum over epochs, and the averaged weights'), its cross-fitted
 validation UAR (each validation speaker predicted by the epoch, or the mean of K
-epochs, that the other validation speakers rank best: ``gmptl.train.crossfit``),
+epochs, that the other validation speakers rank best: ``gmptl.averaging.crossfit``),
 and the test UAR of the averaged weights (the run's result) and of the best
 epoch's own weights, which ``top/`` keeps. The latter are scored here on the
 fold's test actors, their predictions written to ``--best-out`` in a run's layout
@@ -31,12 +31,12 @@ from gmptl.corpora import load_corpus
 from gmptl.data import AudioSet
 from gmptl.pipeline import classifier, final_stage, new_encoder, predict, write_predictions
 from gmptl.provenance import provenance
-from gmptl.train import top_file
+from gmptl.checkpoints import CheckpointStore
 
 
 def best_epoch_test(cfg, step: Path, epoch: int, test: AudioSet, out: Path) -> dict:
     """Test scores of the weights of ``epoch`` kept in ``step/top/``; predictions in ``out``."""
-    state = load_file(str(top_file(step, epoch)))
+    state = load_file(str(CheckpointStore(step).top_file(epoch)))
     kind = "amsoftmax" if "amsoftmax.weight" in state else "linear"
     model = classifier(cfg, new_encoder(cfg), len(test.labels), gender=any(k.startswith("gender.") for k in state),
                        kind=kind)
