@@ -5,6 +5,7 @@ computation) and shrinks only depth and widths, so each test runs in seconds on 
 The reference is transformers itself, on the input its own feature extractor prepares.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import torch
 import transformers
 
 from gmptl.encoders import build_encoder
+from gmptl.errors import EncoderError
+from gmptl.modeldir import encoder_description, encoder_from_description
 
 SR = 16000
 
@@ -209,4 +212,41 @@ def test_whisper_layout_reads_like_transformers_at_30_seconds(name, checkpoint):
 @pytest.mark.parametrize("name", WHISPER)
 def test_whisper_layout_batch_equals_one_by_one(name, checkpoint):
     assert_batch_equals_one_by_one(build_encoder(checkpoint(name)[0]), [3 * SR, 27_000, 9001])
+
+
+@pytest.mark.parametrize("name,normalize", [("hubert-large-ll60k", False), ("hubert-base-ls960", True)])
+def test_normalize_overrides_the_preprocessor(name, normalize, checkpoint):
+    """normalize=false on a checkpoint whose preprocessor normalises gives transformers' output on the raw
+    waveform; normalize=true on one that does not, its output on the normalised waveform."""
+    directory, reference = checkpoint(name)
+    assert LAYOUTS[name][2]["do_normalize"] is not normalize
+    encoder = build_encoder(directory, normalize=normalize)
+    wave = waveform(SR)
+    with torch.no_grad():
+        ours = encoder(wave[None], torch.tensor([len(wave)])).hidden_states
+    assert_same_states(ours, *transformers_states(directory, reference, wave, do_normalize=normalize))
+    # The other input gives another output: the check above tells the two apart.
+    _, other = transformers_states(directory, reference, wave, do_normalize=not normalize)
+    assert (ours[-1] - other).abs().max() > 1e-3
+
+
+def test_a_model_directory_keeps_the_normalisation_training_used(checkpoint):
+    encoder = build_encoder(checkpoint("hubert-large-ll60k")[0], normalize=False)
+    description = json.loads(json.dumps(encoder_description(encoder)))  # as config.json holds it
+    assert description["normalize"] is False
+    rebuilt = encoder_from_description(description)
+    rebuilt.load_state_dict(encoder.state_dict())
+    wave = waveform(8000)
+    with torch.no_grad():
+        a, b = (e.eval()(wave[None], torch.tensor([8000])).hidden_states[-1] for e in (encoder, rebuilt))
+    assert not rebuilt.normalize and torch.equal(a, b)
+
+
+def test_whisper_refuses_waveform_normalisation(checkpoint):
+    directory, _ = checkpoint("whisper-base")
+    for spec in (directory, "random:whisper-tiny"):
+        with pytest.raises(EncoderError, match="normalize=true does not apply to Whisper") as e:
+            build_encoder(spec, normalize=True)
+        assert "\n" not in str(e.value)
+        build_encoder(spec, normalize=False)  # as auto: the raw waveform's log-mel
 
