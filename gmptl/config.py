@@ -37,6 +37,8 @@ class EncoderConfig:
     layer: int | None = -1             # which hidden state feeds the heads; None: learned weighted sum
     normalize: str | bool = "auto"     # zero-mean unit-variance waveforms: auto (as the checkpoint was pre-trained,
                                        # its preprocessor's do_normalize) | true | false; Whisper: auto or false
+    layerdrop: float = 0.0             # LayerDrop: chance that training skips each transformer layer; 0: off, as
+                                       # gmptl's results were made; the checkpoint's own layerdrop is not applied
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Config:
             (self.stage2.init in ("pretrained", "stage1"), "stage2.init must be 'pretrained' or 'stage1'"),
             (self.encoder.normalize in ("auto", True, False),
              f"encoder.normalize must be auto, true or false, not {self.encoder.normalize!r}"),
+            (0.0 <= self.encoder.layerdrop < 1.0, "encoder.layerdrop must be in [0, 1)"),
             (self.stage3.loss in ("amsoftmax", "ce"), "stage3.loss must be 'amsoftmax' or 'ce'"),
             (0.0 <= self.stage2.mask_prob <= 1.0, "stage2.mask_prob must be in [0, 1]"),
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),

@@ -33,6 +33,7 @@ def test_yaml_and_overrides(tmp_path):
     (["encoder.freeze_frontend=3"], "encoder.freeze_frontend: expected bool"),
     (["encoder.normalize=maybe"], "encoder.normalize must be auto, true or false, not 'maybe'"),
     (["encoder.normalize=1"], "encoder.normalize: expected str"),
+    (["encoder.layerdrop=1.0"], "encoder.layerdrop must be in"),
     (["stage3.loss=hinge"], "stage3.loss must be"),
     (["train.micro_batch=10"], "multiple of train.micro_batch"),
     (["train.lr"], "expected key=value"),

@@ -6,6 +6,7 @@ The reference is transformers itself, on the input its own feature extractor pre
 """
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -249,4 +250,48 @@ def test_whisper_refuses_waveform_normalisation(checkpoint):
             build_encoder(spec, normalize=True)
         assert "\n" not in str(e.value)
         build_encoder(spec, normalize=False)  # as auto: the raw waveform's log-mel
+
+
+def skipped_layers(encoder, passes: int, samples: int = 3200) -> list[list[int]]:
+    """The transformer layers each of ``passes`` forward passes skipped; a skipped layer's state must be its input."""
+    model = encoder.model
+    layers = model.layers if hasattr(model, "layers") else model.encoder.layers  # Whisper | wav2vec2 family
+    ran = []
+    hooks = [layer.register_forward_hook(lambda *_, k=k: ran.append(k)) for k, layer in enumerate(layers)]
+    wave, skipped = waveform(samples)[None], []
+    try:
+        with torch.no_grad():
+            for _ in range(passes):
+                ran.clear()
+                states = encoder(wave, torch.tensor([samples])).hidden_states
+                skipped.append(sorted(set(range(len(layers))) - set(ran)))
+                for k in skipped[-1]:
+                    if k + 1 < len(layers):  # the top state is after the final norm in some models
+                        assert torch.equal(states[k + 1], states[k]), f"skipped layer {k} passes its input through"
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return skipped
+
+
+@pytest.mark.parametrize("spec", ["random:hubert-tiny", "random:wavlm-tiny", "random:whisper-tiny"])
+def test_layerdrop_skips_layers_at_its_rate_in_training_only(spec):
+    rate, passes = 0.3, 300
+    encoder = build_encoder(spec, layerdrop=rate).train()
+    # WavLM's first layer always runs (as in transformers): it computes the position bias the others reuse.
+    droppable = set(range(1 if "wavlm" in spec else 0, encoder.num_layers))
+    torch.manual_seed(0)
+    skipped = skipped_layers(encoder, passes)
+    assert all(set(s) <= droppable for s in skipped)
+    n, k = passes * len(droppable), sum(map(len, skipped))
+    assert abs(k - n * rate) <= 4 * math.sqrt(n * rate * (1 - rate)), f"{k} of {n} skipped at rate {rate}"
+    torch.manual_seed(0)
+    assert skipped_layers(encoder, passes) == skipped, "torch's global seed fixes the draws"
+
+    encoder.eval()
+    rng = torch.get_rng_state()
+    assert not any(skipped_layers(encoder, 50)), "eval mode never skips"
+    assert torch.equal(torch.get_rng_state(), rng), "nor draws"
+    encoder.train().layerdrop = 0.0
+    assert not any(skipped_layers(encoder, 50)), "rate 0 never skips"
 

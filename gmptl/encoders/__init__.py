@@ -33,7 +33,7 @@ KNOWN = {
 }
 
 
-def build_encoder(spec: str, normalize: bool | str = "auto") -> SpeechEncoder:
+def build_encoder(spec: str, normalize: bool | str = "auto", layerdrop: float = 0.0) -> SpeechEncoder:
     """The encoder named by ``spec`` (see the module docstring), in eval mode.
 
     Args:
@@ -42,18 +42,25 @@ def build_encoder(spec: str, normalize: bool | str = "auto") -> SpeechEncoder:
             checkpoint was pre-trained with (``do_normalize`` of its preprocessor config);
             True or False force it. Whisper takes the log-mel of the raw waveform and
             refuses True.
+        layerdrop: chance that training skips each transformer layer (LayerDrop). The
+            checkpoint's own ``layerdrop`` (0.1 in HuBERT-base's config.json) is not applied.
     """
     if normalize not in ("auto", True, False):
         raise EncoderError(f"normalize must be auto, true or false, got {normalize!r}")
+    if not 0.0 <= layerdrop < 1.0:
+        raise EncoderError(f"layerdrop must be in [0, 1), got {layerdrop}")
     if spec == BUILTIN_NAME:
-        return _whisper(builtin_encoder(), spec, normalize)
-    if spec.startswith("random:"):
+        encoder = _whisper(builtin_encoder(), spec, normalize)
+    elif spec.startswith("random:"):
         family, _, size = spec[len("random:"):].rpartition("-")
         if family not in (*FAMILIES, "whisper") or size not in SIZES:
             raise EncoderError(f"unknown encoder '{spec}': random encoders are random:<family>-<size> with "
                                f"family in {', '.join((*FAMILIES, 'whisper'))} and size in {', '.join(SIZES)}")
-        return from_config(random_config(family, size), spec, normalize)
-    return from_pretrained(spec, normalize)
+        encoder = from_config(random_config(family, size), spec, normalize)
+    else:
+        encoder = from_pretrained(spec, normalize)
+    encoder.layerdrop = layerdrop
+    return encoder
 
 
 def from_config(config, name: str, normalize: bool | str = "auto") -> SpeechEncoder:
