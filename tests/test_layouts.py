@@ -13,10 +13,13 @@ import pytest
 import torch
 import transformers
 
+from gmptl.__main__ import main
 from gmptl.encoders import build_encoder
 from gmptl.errors import EncoderError
 from gmptl.modeldir import encoder_description, encoder_from_description
+from synth_corpus import make_corpus
 
+REPO = Path(__file__).resolve().parents[1]
 SR = 16000
 
 # Every wav2vec2-family checkpoint below: seven convolutions, kernels 10,3,3,3,3,2,2 and strides
@@ -295,3 +298,18 @@ def test_layerdrop_skips_layers_at_its_rate_in_training_only(spec):
     encoder.train().layerdrop = 0.0
     assert not any(skipped_layers(encoder, 50)), "rate 0 never skips"
 
+
+@pytest.mark.slow
+def test_cv_end_to_end_with_a_hub_layout_directory(checkpoint, tmp_path):
+    """`gmptl cv`, every GMP-TL stage on two folds, with a hubert-base-ls960-layout directory as encoder.spec."""
+    directory, _ = checkpoint("hubert-base-ls960")
+    corpus = make_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    assert main(["cv", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"data.root={corpus}",
+                 "--set", f"encoder.spec={directory}", "--set", "encoder.layerdrop=0.2", "--out", str(out)]) == 0
+    assert 0 <= json.loads((out / "summary.json").read_text())["uar_mean"] <= 100
+    for fold in (1, 2):
+        meta = json.loads((out / f"fold{fold}" / "model" / "config.json").read_text())
+        assert meta["encoder"]["name"] == directory and meta["encoder"]["hidden_size"] == 32
+        assert meta["encoder"]["normalize"] is False, "as the checkpoint's preprocessor says"
+        assert meta["config"]["encoder"]["layerdrop"] == 0.2
