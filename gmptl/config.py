@@ -41,6 +41,10 @@ class EncoderConfig:
     spec: str = "whisper-tiny.en"      # see gmptl.encoders: built-in, random:..., hub id or local dir
     freeze_frontend: bool = True       # convolutional front-end frozen while fine-tuning
     layer: int | None = -1             # which hidden state feeds the heads; None: learned weighted sum
+    normalize: str | bool = "auto"     # zero-mean unit-variance waveforms: auto (as the checkpoint was pre-trained,
+                                       # its preprocessor's do_normalize) | true | false; Whisper: auto or false
+    layerdrop: float = 0.0             # LayerDrop: chance that training skips each transformer layer; 0: off, as
+                                       # gmptl's results were made; the checkpoint's own layerdrop is not applied
 
 
 @dataclass
@@ -134,6 +138,9 @@ class Config:
             (self.system in SYSTEMS, f"system must be one of {', '.join(SYSTEMS)}"),
             (0.0 <= self.stage1.alpha <= 1.0, "stage1.alpha must be in [0, 1]"),
             (self.stage2.init in ("pretrained", "stage1"), "stage2.init must be 'pretrained' or 'stage1'"),
+            (self.encoder.normalize in ("auto", True, False),
+             f"encoder.normalize must be auto, true or false, not {self.encoder.normalize!r}"),
+            (0.0 <= self.encoder.layerdrop < 1.0, "encoder.layerdrop must be in [0, 1)"),
             (self.stage3.loss in ("amsoftmax", "ce"), "stage3.loss must be 'amsoftmax' or 'ce'"),
             (0.0 <= self.stage2.mask_prob <= 1.0, "stage2.mask_prob must be in [0, 1]"),
             (self.stage2.mask_span >= 1, "stage2.mask_span must be >= 1"),

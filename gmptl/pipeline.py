@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def new_encoder(cfg: Config):
-    encoder = build_encoder(cfg.encoder.spec)
+    encoder = build_encoder(cfg.encoder.spec, cfg.encoder.normalize, cfg.encoder.layerdrop)
     encoder.freeze_frontend(cfg.encoder.freeze_frontend)
     encoder.checkpointing = cfg.train.checkpointing
     return encoder

@@ -31,6 +31,9 @@ def test_yaml_and_overrides(tmp_path):
     (["train.seed=1.5"], "train.seed: expected int"),
     (["pseudo.scales=64"], "pseudo.scales: expected a list"),
     (["encoder.freeze_frontend=3"], "encoder.freeze_frontend: expected bool"),
+    (["encoder.normalize=maybe"], "encoder.normalize must be auto, true or false, not 'maybe'"),
+    (["encoder.normalize=1"], "encoder.normalize: expected str"),
+    (["encoder.layerdrop=1.0"], "encoder.layerdrop must be in"),
     (["stage3.loss=hinge"], "stage3.loss must be"),
     (["train.micro_batch=10"], "multiple of train.micro_batch"),
     (["train.lr"], "expected key=value"),
@@ -38,6 +41,12 @@ def test_yaml_and_overrides(tmp_path):
 def test_bad_values_fail_with_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+def test_encoder_normalize_is_auto_true_or_false():
+    assert load_config().encoder.normalize == "auto"
+    assert load_config(None, ["encoder.normalize=false"]).encoder.normalize is False
+    assert load_config(None, ["encoder.normalize=true"]).encoder.normalize is True
 
 
 def test_bad_file(tmp_path):

@@ -33,32 +33,50 @@ KNOWN = {
 }
 
 
-def build_encoder(spec: str) -> SpeechEncoder:
-    """The encoder named by ``spec`` (see the module docstring), in eval mode."""
+def build_encoder(spec: str, normalize: bool | str = "auto", layerdrop: float = 0.0) -> SpeechEncoder:
+    """The encoder named by ``spec`` (see the module docstring), in eval mode.
+
+    Args:
+        spec: a built-in name, ``random:<family>-<size>``, a hub id or a local directory.
+        normalize: zero-mean unit-variance input per utterance. "auto" does what the
+            checkpoint was pre-trained with (``do_normalize`` of its preprocessor config);
+            True or False force it. Whisper takes the log-mel of the raw waveform and
+            refuses True.
+        layerdrop: chance that training skips each transformer layer (LayerDrop). The
+            checkpoint's own ``layerdrop`` (0.1 in HuBERT-base's config.json) is not applied.
+    """
+    if normalize not in ("auto", True, False):
+        raise EncoderError(f"normalize must be auto, true or false, got {normalize!r}")
+    if not 0.0 <= layerdrop < 1.0:
+        raise EncoderError(f"layerdrop must be in [0, 1), got {layerdrop}")
     if spec == BUILTIN_NAME:
-        return WhisperSpeechEncoder(builtin_encoder(), spec).eval()
-    if spec.startswith("random:"):
+        encoder = _whisper(builtin_encoder(), spec, normalize)
+    elif spec.startswith("random:"):
         family, _, size = spec[len("random:"):].rpartition("-")
         if family not in (*FAMILIES, "whisper") or size not in SIZES:
             raise EncoderError(f"unknown encoder '{spec}': random encoders are random:<family>-<size> with "
                                f"family in {', '.join((*FAMILIES, 'whisper'))} and size in {', '.join(SIZES)}")
-        return from_config(random_config(family, size), spec)
-    return from_pretrained(spec)
+        encoder = from_config(random_config(family, size), spec, normalize)
+    else:
+        encoder = from_pretrained(spec, normalize)
+    encoder.layerdrop = layerdrop
+    return encoder
 
 
-def from_config(config, name: str) -> SpeechEncoder:
-    """A randomly initialised encoder of a transformers ``config``."""
+def from_config(config, name: str, normalize: bool | str = "auto") -> SpeechEncoder:
+    """A randomly initialised encoder of a transformers ``config`` (``normalize`` as in ``build_encoder``)."""
     import transformers
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     if config.model_type == "whisper":
-        return WhisperSpeechEncoder(WhisperEncoder(config), name).eval()
+        return _whisper(WhisperEncoder(config), name, normalize)
     model = transformers.AutoModel.from_config(config)
-    return Wav2Vec2FamilyEncoder(model, name, normalize=getattr(config, "feat_extract_norm", "layer") == "layer").eval()
+    normalize = _normalized_by_convention(config) if normalize == "auto" else normalize
+    return Wav2Vec2FamilyEncoder(model, name, normalize=normalize).eval()
 
 
-def from_pretrained(spec: str) -> SpeechEncoder:
-    """A pretrained encoder from a hub id or a local directory."""
+def from_pretrained(spec: str, normalize: bool | str = "auto") -> SpeechEncoder:
+    """A pretrained encoder from a hub id or a local directory (``normalize`` as in ``build_encoder``)."""
     import transformers
 
     local = Path(spec).expanduser()
@@ -77,14 +95,25 @@ def from_pretrained(spec: str) -> SpeechEncoder:
         model = transformers.WhisperModel.from_pretrained(source)
         encoder = model.get_encoder()
         del model  # the decoder is not needed
-        return WhisperSpeechEncoder(encoder, spec).eval()
+        return _whisper(encoder, spec, normalize)
     if family not in FAMILIES:
         raise EncoderError(f"{spec}: model type '{config.model_type}' is not a supported speech encoder "
                            f"({', '.join((*FAMILIES, 'whisper'))})")
     model = transformers.AutoModel.from_pretrained(source)
     if hasattr(model, "config") and type(model).__name__.endswith(("ForCTC", "ForPreTraining")):
         model = getattr(model, model.base_model_prefix)
-    return Wav2Vec2FamilyEncoder(model, spec, normalize=_do_normalize(source, config)).eval()
+    normalize = _do_normalize(source, config) if normalize == "auto" else normalize
+    return Wav2Vec2FamilyEncoder(model, spec, normalize=normalize).eval()
+
+
+def _whisper(model, name: str, normalize: bool | str) -> WhisperSpeechEncoder:
+    """``model`` (a ``WhisperEncoder``) behind the contract; waveform normalisation does not apply to it."""
+    if normalize is True:
+        # Whisper was trained on the log-mel of raw waveforms, mapped by fixed constants ((log10 + 4) / 4):
+        # rescaling the waveform shifts every feature, into inputs Whisper never saw.
+        raise EncoderError(f"{name}: normalize=true does not apply to Whisper, which takes the log-mel of the "
+                           "raw waveform; use auto or false")
+    return WhisperSpeechEncoder(model, name).eval()
 
 
 def _do_normalize(source: str, config) -> bool:
@@ -94,9 +123,13 @@ def _do_normalize(source: str, config) -> bool:
     try:
         return bool(transformers.AutoFeatureExtractor.from_pretrained(source).do_normalize)
     except (OSError, ValueError, AttributeError):
-        # No preprocessor config: transformers' convention is that models with
-        # layer-normalised convolutions were trained on normalised input.
-        return getattr(config, "feat_extract_norm", "layer") == "layer"
+        return _normalized_by_convention(config)
+
+
+def _normalized_by_convention(config) -> bool:
+    """transformers' convention where no preprocessor config says: models with layer-normalised
+    convolutions were pre-trained on normalised input."""
+    return getattr(config, "feat_extract_norm", "layer") == "layer"
 
 
 def random_config(family: str, size: str = "tiny"):

@@ -34,6 +34,7 @@ class SpeechEncoder(nn.Module):
     sample_rate = 16000
     frame_rate = 50.0  # frames per second: 20 ms for every family supported here
     checkpointing = False  # recompute each transformer layer in the backward pass (less memory, more time)
+    layerdrop = 0.0  # LayerDrop: chance that training skips each transformer layer (never in eval mode)
     hidden_size: int
     num_layers: int
     name: str
@@ -61,6 +62,15 @@ class SpeechEncoder(nn.Module):
             from torch.utils.checkpoint import checkpoint
             return checkpoint(layer, *args, use_reentrant=False, **kwargs)
         return layer(*args, **kwargs)
+
+    def drops_layer(self) -> bool:
+        """Whether LayerDrop skips the next transformer layer: in training only, with probability ``layerdrop``.
+
+        A skipped layer passes its input through whole (fairseq's and transformers' LayerDrop). The draw
+        comes from torch's global generator, so the training loop's seed per micro-batch makes it
+        reproducible; with ``layerdrop`` 0 nothing is drawn, and the random stream is as without the option.
+        """
+        return self.training and self.layerdrop > 0 and bool(torch.rand([]) < self.layerdrop)
 
     def freeze_frontend(self, frozen: bool = True) -> None:
         """Stop (or restart) training the convolutional front-end."""

@@ -97,7 +97,11 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
         mask = valid.long() if is_wavlm else attention_bias(valid, x.dtype)
         hidden, position_bias = [x], None
         for i, layer in enumerate(encoder.layers):
-            if is_wavlm:
+            # LayerDrop never skips WavLM's first layer (nor does transformers): it computes the
+            # relative position bias that every later layer reuses.
+            if (i > 0 or not is_wavlm) and self.drops_layer():
+                pass  # skipped: the layer's input passes through
+            elif is_wavlm:
                 with warnings.catch_warnings():  # torch's notice on WavLM's mixed mask types
                     warnings.filterwarnings("ignore", "Support for mismatched key_padding_mask")
                     x, position_bias = self.run_layer(layer, x, attention_mask=mask, position_bias=position_bias,

@@ -110,7 +110,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
         bias = attention_bias(valid_mask(frames, x.shape[1]), x.dtype)
         hidden = [x]
         for layer in m.layers:
-            x = self.run_layer(layer, x, bias)
+            if not self.drops_layer():
+                x = self.run_layer(layer, x, bias)
             hidden.append(x)
         hidden[-1] = m.layer_norm(x)
         return EncoderOutput(hidden, frames)
