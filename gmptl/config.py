@@ -293,7 +293,9 @@ def options_table(markdown: bool = False) -> str:
     rows = option_docs()
     shown = lambda v: v if isinstance(v, str) and v else json.dumps(v)  # noqa: E731
     if markdown:
+        escaped = [r["doc"].replace("|", r"\|") for r in rows]  # a | inside a cell would end it
         return "\n".join(["| option | default | what it does |", "| --- | --- | --- |"]
-                         + [f"| `{r['key']}` | `{shown(r['default'])}` | {r['doc']} |" for r in rows]) + "\n"
+                         + [f"| `{r['key']}` | `{shown(r['default'])}` | {doc} |"
+                            for r, doc in zip(rows, escaped)]) + "\n"
     width = max(len(r["key"]) for r in rows)
     return "".join(f"{r['key']:<{width}}  {shown(r['default']):<18} {r['doc']}\n" for r in rows)

@@ -1,9 +1,13 @@
 """Configs load typed, fail loudly on unknown keys and wrong types, and take overrides."""
 
+from pathlib import Path
+
 import pytest
 
 from gmptl.config import Config, load_config
 from gmptl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_the_papers_values():
@@ -109,3 +113,28 @@ def test_step_keys_follow_what_each_step_depends_on(tmp_path, monkeypatch):
         pipeline.claim_steps(cfg, {"stage1": old}, "ravdess/1")
     shared = pipeline.step_dirs(cfg, tmp_path, shared=tmp_path / "steps", key="ravdess/1")
     assert {s: d.name for s, d in shared.items()} == {s: f"{s}-{k}" for s, k in base.items()}
+
+
+def test_every_option_is_documented_once_and_listed(capsys):
+    """``gmptl config --list`` shows every option of the dataclasses with its default and the comment beside
+    its field; the README's options table is that list, so the two cannot drift apart."""
+    import dataclasses
+
+    from gmptl.__main__ import main
+    from gmptl.config import option_docs, options_table
+
+    defaults = Config().to_dict()
+    expected = [(f"{section}.{k}", v) for section, values in defaults.items() if isinstance(values, dict)
+                for k, v in values.items()]
+    expected.insert(0, ("system", defaults["system"]))
+    rows = option_docs()
+    assert [(r["key"], r["default"]) for r in rows] == expected
+    assert all(r["doc"] for r in rows), [r["key"] for r in rows if not r["doc"]]
+    assert next(r for r in rows if r["key"] == "train.seed")["doc"].startswith("initial weights")
+    assert next(r for r in rows if r["key"] == "train.average")["doc"].endswith("1: the best epoch; ours"), \
+        "a comment continued on the lines below its field is read whole"
+    assert len(dataclasses.fields(Config)) == 1 + sum(isinstance(v, dict) for v in defaults.values())
+    assert main(["config", "--list"]) == 0
+    assert capsys.readouterr().out == options_table()
+    readme = (REPO / "README.md").read_text()
+    assert options_table(markdown=True) in readme, "README's options table: paste `gmptl config --list --markdown`"
