@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .encoders import SpeechEncoder
 from .errors import GmptlError
 from .model import UtteranceClassifier
+from .utils import atomic_json
 
 FORMAT = "gmptl-model/1"
 
@@ -72,9 +73,7 @@ def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], wei
                      "embed_size": model.emotion.output_size if model.classifier == "amsoftmax" else None,
                      "dropout": model.emotion.dropout},
             "centroids": sorted(centroids) if centroids else [], **extra}
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "config.json")
+    atomic_json(meta, out / "config.json")
     return out
 
 

@@ -5,7 +5,6 @@ each step is skipped when its ``done.json`` / ``report.json`` exists, so a kille
 run picks up where it stopped.
 """
 
-import dataclasses
 import hashlib
 import json
 import logging

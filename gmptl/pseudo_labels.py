@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import dist
 from .data import AudioSet, epoch_batches
+from .utils import atomic_json
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +335,7 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
         log.info("k=%d: %d/%d clusters used, NMI(emotion) %.3f, purity %.3f", k, entry["clusters_used"], k,
                  entry["emotion"]["nmi"], entry["emotion"]["purity"])
     report["wall_s"] = round(time.perf_counter() - start, 1)
-    tmp = report_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(report_path)
+    atomic_json(report, report_path)
     dist.barrier()
     return report
 

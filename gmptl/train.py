@@ -16,7 +16,7 @@ from . import averaging, dist
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
 from .data import AudioSet, Batch, epoch_batches
-from .utils import autocast, resolve_device
+from .utils import autocast, model_device, resolve_device
 
 log = logging.getLogger(__name__)
 MAX_PADDING = 0.10  # warn when more of an epoch's batch samples than this are padding
@@ -96,8 +96,11 @@ def fit(stage: Stage, batches: Callable[[int], Iterable[Batch]], cfg: TrainConfi
         record.update(wall_s=round(time.perf_counter() - start, 1), **valid_figures(metrics),
                       **({"valid_by_speaker": metrics["speakers"]} if "speakers" in metrics else {}))
         improved = metrics["score"] > state["best"]
-        state.update(epoch=epoch, history=state["history"] + [record], bad_epochs=0 if improved else
-                     state["bad_epochs"] + 1, **({"best": metrics["score"], "best_epoch": epoch} if improved else {}))
+        state.update(epoch=epoch, history=state["history"] + [record])
+        if improved:
+            state.update(best=metrics["score"], best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
         store.save_epoch(model, opt, state, improved,
                          averaging.kept_epochs(state["history"], cfg.average, cfg.crossfit, cfg.select))
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
@@ -112,7 +115,7 @@ def fit(stage: Stage, batches: Callable[[int], Iterable[Batch]], cfg: TrainConfi
 def train_epoch(stage: Stage, model, opt, batches: Iterable[Batch], cfg: TrainConfig, epoch: int) -> dict:
     """One pass over ``batches``: each optimizer step averages ``batch_size // micro_batch`` micro-batches
     (the last step may hold fewer), dealt out to the ranks in turn; returns the epoch's log figures."""
-    device, accumulate = next(model.parameters()).device, cfg.batch_size // cfg.micro_batch
+    device, accumulate = model_device(model), cfg.batch_size // cfg.micro_batch
     model.train()
     start, total, seen, samples, padded = time.perf_counter(), 0.0, 0, 0, 0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -192,7 +195,7 @@ def hand_on(stage: Stage, model, cfg: TrainConfig, state: dict, store: Checkpoin
 
 def validate(stage: Stage, model: torch.nn.Module, precision: str) -> dict:
     model.eval()
-    with torch.no_grad(), autocast(next(model.parameters()).device, precision):
+    with torch.no_grad(), autocast(model_device(model), precision):
         return stage.evaluate(model)
 
 
