@@ -1,4 +1,4 @@
-"""Small helpers every command shares: the device, bf16 autocast and its check, atomic JSON."""
+"""Small helpers every command shares: the device, bf16 autocast and its check, atomic JSON, figures."""
 
 import contextlib
 import json
@@ -54,6 +54,22 @@ def check_precision(device: torch.device | str, precision: str) -> None:
 def cpu_has_bf16() -> bool:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # private: absent means unknown
     return bool(check()) if check is not None else True
+
+
+@contextlib.contextmanager
+def figure(path, *args, **kwargs):
+    """``(fig, axes)`` of ``plt.subplots(*args, **kwargs)``, saved to ``path`` as a 120 dpi PNG on leaving."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def atomic_write(text: str, path: Path) -> None:
