@@ -62,9 +62,8 @@ def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batc
 
 def classification_eval(data: AudioSet, max_seconds: float, select: str = "uar", scale: float = 1.0):
     """Validation UAR, WAR and loss (CE of ``scale`` x the scores: AM-Softmax cosines take s, no margin);
-    ``select`` names the one that picks the epoch (``score``, higher is better). ``speakers``: each
-    validation speaker's confusion matrix and summed loss, from which ``train.crossfit`` scores any
-    subset of them (``train.speaker_score``)."""
+    ``select`` picks the epoch (``score``, higher is better); ``speakers`` holds each validation speaker's
+    confusion matrix and summed loss (``train.crossfit`` scores subsets of them)."""
     speaker = np.array([u.speaker for u in data.utterances])
 
     def evaluate(model) -> dict:
@@ -92,9 +91,7 @@ def stage1_loss(alpha: float):
 def stage3_loss(kind: str, s: float, m: float):
     def loss(model, batch: Batch, rng) -> torch.Tensor:
         out = model(batch.waves, batch.lengths)["emotion"]
-        if kind == "amsoftmax":
-            return losses.am_softmax_loss(out, batch.emotion, s, m)
-        return F.cross_entropy(out, batch.emotion)
+        return losses.am_softmax_loss(out, batch.emotion, s, m) if kind == "amsoftmax" else F.cross_entropy(out, batch.emotion)
     return loss
 
 
@@ -259,15 +256,10 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out
     return result
 
 
-def test_model(model, test: AudioSet, max_seconds: float, out: Path) -> dict:
-    """Scores of ``model`` on ``test``; one line per utterance in ``out/predictions.jsonl``."""
-    return write_predictions(test, predict(model, test, max_seconds), out)
-
-
 def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict, protocol: str,
-           pseudo_dir: Path | None = None, stage1_weights: Path | None = None) -> Path:
-    """The final model as a model directory (``out/model``), with its pseudo-label centroids; ``protocol``
-    says whether its test speakers (if any) were unseen in training (``Corpus.protocol``)."""
+           dirs: dict[str, Path]) -> Path:
+    """The final model as a model directory (``out/model``), with the pseudo-label centroids and the stage-1
+    encoder of ``dirs``; ``protocol`` says whether its test speakers were unseen in training."""
     from safetensors.torch import load_file
 
     from .modeldir import save_model_dir
@@ -276,10 +268,9 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
         return out / "model"
     centroids, pseudo_encoder = {}, None
     if cfg.system == "gmp-tl":
-        pseudo_dir = pseudo_dir or out / "pseudo"
-        centroids = {f"km{k}": torch.from_numpy(np.load(pseudo_dir / f"km{k}.centroids.npy"))
+        centroids = {f"km{k}": torch.from_numpy(np.load(dirs["pseudo"] / f"km{k}.centroids.npy"))
                      for k in cfg.pseudo.scales}
-        stage1 = load_file(str(stage1_weights)) if stage1_weights else {}
+        stage1 = load_file(str(dirs["stage1"] / "best.safetensors"))
         pseudo_encoder = {k[len("encoder."):]: v for k, v in stage1.items() if k.startswith("encoder.")}
     extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
              "metrics": metrics, "protocol": protocol, "config": cfg.to_dict(), "provenance": provenance()}
@@ -292,18 +283,14 @@ def final_stage(stages: dict) -> str:
 
 
 def chosen_valid_uar(stages: dict) -> float:
-    """The validation UAR of the final model: stage 3's, or stage 1's when there is no stage 3 (its chosen
-    epoch's, chosen by it or with ``train.select=loss`` by the validation loss; with ``train.average``
-    that of the averaged weights)."""
+    """The final stage's validation UAR: of its chosen epoch (chosen by UAR, or by loss with
+    ``train.select=loss``), or with ``train.average`` of the averaged weights."""
     stage = stages[final_stage(stages)]
-    if "average" in stage:
-        return stage["average"]["valid"]["valid_uar"]
-    return stage.get("best_valid", {}).get("valid_uar", stage["best_score"])  # results before best_valid: UAR chose
+    return stage["average"]["valid"]["valid_uar"] if "average" in stage else stage["best_valid"]["valid_uar"]
 
 
 def crossfit_valid_uar(stages: dict) -> float | None:
-    """The final model's cross-fitted validation UAR (``train.crossfit``; stage 3's, or stage 1's when
-    there is no stage 3), None when it was not computed."""
+    """The final stage's cross-fitted validation UAR (``train.crossfit``), None when not computed."""
     return stages[final_stage(stages)].get("crossfit", {}).get("uar")
 
 
@@ -337,7 +324,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     if test_utts:
         test = AudioSet(test_utts, labels, "test")
         failed += test.failed
-        result.update(test_model(model, test, cfg.data.eval_max_seconds, out))
+        result.update(write_predictions(test, predict(model, test, cfg.data.eval_max_seconds), out))
     # What the system costs alone: its steps (whoever ran them first) and its test.
     compute_s = sum(s.get("wall_s", 0.0) for s in stages.values()) + time.perf_counter() - test_start
     result.update(failed_files=[str(e) for e in failed], compute_s=round(compute_s, 1),
@@ -346,8 +333,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
     metrics["valid_uar"] = chosen_valid_uar(stages)
-    export(cfg, model, weights, labels, out, metrics, info["protocol"], dirs["pseudo"],
-           dirs["stage1"] / "best.safetensors")
+    export(cfg, model, weights, labels, out, metrics, info["protocol"], dirs)
     atomic_json(result, result_path)
     dist.barrier()
     return result

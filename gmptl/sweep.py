@@ -3,26 +3,18 @@
     gmptl sweep --config configs/ravdess_whisper_tiny.yaml --set data.root=DIR \\
         --grid stage3.margin=0.1,0.2,0.35 --grid train.head_lr=1e-4,1e-3 --jobs 6
 
-Every combination of the ``--grid`` values is one config, and every config runs on
-every fold. With ``--one-at-a-time`` the configs are instead the base config (the
-``--config`` and ``--set`` values, named ``base``) and each ``--grid`` value changed
-alone: an ablation table, at the cost of a sum of runs, not a product. The choice is
-the config with the best validation UAR averaged over the folds (each fold's
-validation speakers come from its training speakers); the test scores of every
-config are reported beside it, and nothing reads them to choose. When every config
-ran with ``train.crossfit=true`` the choice is by the cross-fitted validation UAR
-instead (each validation speaker predicted by the weights the others chose): the
-best-epoch UAR is a maximum over epochs of the figure it reports, and so favours
-configs that select on it over those that average. With ``--seeds N``
-every config runs N times, with ``train.seed`` s, s+1, ... (s the config's own), and
-its validation and test figures are the means over those replicates: on RAVDESS a
-rerun of one config moves its 6-fold UAR by 3 points, as much as most settings do.
-Steps are shared between configs under ``OUT/steps`` (``pipeline.step_dirs``), so
-a grid over a stage-3 setting trains stages 1 and 2 once per fold. Layout::
+Every combination of the ``--grid`` values is one config (``--one-at-a-time``: the base
+config, named ``base``, and each value changed alone), run on every fold. The choice
+is the config with the best validation UAR averaged over the folds (each fold's
+validation speakers come from its training speakers), or the cross-fitted one when
+every config ran with ``train.crossfit=true`` (the best-epoch UAR is a maximum over
+epochs, which favours configs that select on it); test scores are reported, never
+read to choose. ``--seeds N`` runs every config N times (``train.seed`` s, s+1, ...)
+and uses the means: on RAVDESS a rerun moves a 6-fold UAR by 3 points. Layout::
 
     OUT/<setting=value+...>/fold{k}/result.json   one directory per config and fold
     OUT/<setting=value+...>@seed{s}/fold{k}/...    its replicates with --seeds (all but the first seed)
-    OUT/steps/fold{k}/...                          the shared steps
+    OUT/steps/fold{k}/...                          steps shared between configs (``pipeline.step_dirs``)
     OUT/sweep.json                                 per config: folds, means; the choice
                                                    (--one-at-a-time: each change against base, paired)
 """
@@ -125,25 +117,22 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
     entries, runs_of = {}, {}
     for overrides in configs:
         name = config_name(overrides)
-        runs_of[name] = [run for run, _ in replicates(overrides, seeds)]
-        rows, per_seed = [], {run: [] for run in runs_of[name]}
-        for k in folds:
-            found = [(run, json.loads(path.read_text())) for run in runs_of[name]
-                     if (path := out / run / f"fold{k}" / "result.json").exists()]
-            for run, r in found:
-                per_seed[run].append({"fold": k, **fold_figures(r)})
-            if len(found) == len(runs_of[name]):
-                latest = [f[-1] for f in per_seed.values()]
-                rows.append({"fold": k, **{m: float(np.mean([f[m] for f in latest])) for m in latest[0]
-                                           if m != "fold" and all(m in f for f in latest)}})
+        runs = runs_of[name] = [run for run, _ in replicates(overrides, seeds)]
+        found = {run: {k: fold_figures(json.loads(p.read_text())) for k in folds
+                       if (p := out / run / f"fold{k}" / "result.json").exists()} for run in runs}
+        rows = []
+        for k in (k for k in folds if all(k in found[run] for run in runs)):
+            each = [found[run][k] for run in runs]
+            rows.append({"fold": k, **{m: float(np.mean([f[m] for f in each])) for m in each[0]
+                                       if all(m in f for f in each)}})
         figures = [m for m in ("valid_uar", "war", "uar", "crossfit_uar") if rows and all(m in r for r in rows)]
         entries[name] = {"overrides": overrides, "folds": rows, "complete": len(rows) == len(folds),
                          **(fold_means(rows, figures) if rows else {})}
         if len(seeds) > 1:
-            entries[name]["seeds"] = [{"seed": s, "run": run, "folds": len(per_seed[run]),
-                                       **({f"{m}_mean": float(np.mean([f[m] for f in per_seed[run]]))
-                                           for m in ("valid_uar", "uar")} if per_seed[run] else {})}
-                                      for s, run in zip(seeds, runs_of[name])]
+            entries[name]["seeds"] = [{"seed": s, "run": run, "folds": len(found[run]),
+                                       **{f"{m}_mean": float(np.mean([f[m] for f in found[run].values()]))
+                                          for m in ("valid_uar", "uar") if found[run]}}
+                                      for s, run in zip(seeds, runs)]
     complete = [n for n, e in entries.items() if e["complete"]]
     by = "crossfit_uar_mean" if complete and all("crossfit_uar_mean" in entries[n] for n in complete) else "valid_uar_mean"
     chosen = max(complete, key=lambda n: entries[n][by]) if complete else None
@@ -151,10 +140,10 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
         for name in (n for n in complete if n != "base"):
             c = compare_runs([out / r for r in runs_of[name]], [out / r for r in runs_of["base"]])
             entries[name]["vs_base"] = {k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}
-    rule = ("best " + ("cross-fitted " if by.startswith("crossfit") else "")
-            + "validation UAR averaged over the folds; test scores are not read to choose")
-    summary = {"command": command, "protocol": protocol, "folds": folds, "chosen": chosen,
-               "rule": rule if len(seeds) == 1 else rule.replace("the folds", f"the folds and {len(seeds)} seeds"),
+    over = "the folds" if len(seeds) == 1 else f"the folds and {len(seeds)} seeds"
+    rule = (f"best {'cross-fitted ' if by.startswith('crossfit') else ''}validation UAR averaged over {over}; "
+            "test scores are not read to choose")
+    summary = {"command": command, "protocol": protocol, "folds": folds, "chosen": chosen, "rule": rule,
                **({"seeds": seeds} if len(seeds) > 1 else {}), "configs": entries, **provenance()}
     atomic_json(summary, out / "sweep.json")
     return summary

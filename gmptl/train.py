@@ -48,30 +48,23 @@ def training_batches(data: AudioSet, cfg: TrainConfig, max_seconds: float) -> Ca
     return lambda epoch: epoch_batches(data, cfg.micro_batch, max_seconds, np.random.default_rng([cfg.seed, epoch]))
 
 
-def heads_lr(cfg: TrainConfig) -> float:
-    return cfg.head_lr or cfg.lr
-
-
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Adam:
     head = {id(p) for p in model.head_parameters()}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
     heads = [p for p in model.head_parameters() if p.requires_grad]
     return torch.optim.Adam([{"params": encoder, "lr": cfg.lr, "weight_decay": 0.0},
-                             {"params": heads, "lr": heads_lr(cfg), "weight_decay": cfg.head_weight_decay}],
+                             {"params": heads, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.head_weight_decay}],
                             decoupled_weight_decay=True)  # 0 (the default): plain Adam, as in the paper
 
 
 def fit(stage: Stage, batches: Callable[[int], Iterable[Batch]], cfg: TrainConfig, out_dir: Path) -> dict:
     """Train ``stage.model`` on ``batches(epoch)`` for each epoch; returns the summary of ``done.json``.
 
-    Every epoch ends with a checkpoint (``checkpoints.CheckpointStore``); since each
-    epoch's batches are seeded by (seed, epoch) and each micro-batch's masks and
-    dropout by (seed, epoch, micro-batch), a run killed at any moment resumes and ends
-    with the same weights as an uninterrupted one. A finished stage is skipped. The
-    first ``cfg.frozen_epochs`` epochs train the heads only (LP-FT). The stage hands
-    on its best epoch's weights, or with ``cfg.average`` K > 1 the mean of its K best
-    (``averaging``). Under torchrun (``gmptl.dist``) the micro-batches of each step are
-    dealt out to the ranks and their gradients summed: the update of one process.
+    Every epoch ends with a checkpoint; batches are seeded by (seed, epoch), masks and
+    dropout by (seed, epoch, micro-batch), so a run killed at any moment resumes to the
+    same weights, and a finished stage is skipped. The first ``cfg.frozen_epochs`` epochs
+    train the heads only (LP-FT). Under torchrun each step's micro-batches are dealt out
+    to the ranks and their gradients summed: the update of one process.
     """
     store = CheckpointStore(out_dir)
     device = resolve_device(cfg.device)
