@@ -69,17 +69,15 @@ def _header(source, name: str) -> AudioInfo:
         raise AudioError(name, "no audio frames (empty or truncated)")
     clamped = _CLAMPED_CHUNK.search(getattr(info, "extra_info", ""))
     if clamped and int(clamped[1]) != _UNKNOWN_SIZE:
-        raise AudioError(name, f"truncated file: header promises {clamped[1]} bytes of audio, "
-                               f"{clamped[2]} are there")
+        raise AudioError(name, f"truncated file: header promises {clamped[1]} bytes of audio, {clamped[2]} are there")
     return AudioInfo(name, info.samplerate, info.channels, info.frames)
 
 
 def audio_info(path) -> AudioInfo:
     """Header of an audio file, checked but not decoded (cheap enough to scan a corpus).
 
-    Raises:
-        AudioError: missing, empty, not audio, truncated WAV/AIFF/AU, absurd channel count
-            or sample rate, or no frames.
+    Raises AudioError: missing, empty, not audio, truncated WAV/AIFF/AU, absurd channel count or
+    sample rate, or no frames.
     """
     path = _check_file(path)
     return _header(path, path)
@@ -97,16 +95,10 @@ def _check_finite(data: np.ndarray, name: str, rate: int, start: int = 0) -> Non
 
 
 def validate_waveform(wave: np.ndarray, path, min_samples: int = 400, sample_rate: int = SAMPLE_RATE) -> None:
-    """Reject a waveform no encoder should see.
+    """Reject a (S,) mono waveform from ``path`` that no encoder should see.
 
-    Args:
-        wave: (S,) mono samples.
-        path: the file it came from, for the error.
-        min_samples: fewest samples accepted; 400 is one 25 ms encoder frame at 16 kHz.
-        sample_rate: rate of ``wave``, only to say where a NaN/Inf is.
-
-    Raises:
-        AudioError: NaN or Inf samples, fewer than ``min_samples`` samples, or all zeros.
+    Raises AudioError: NaN or Inf samples (``sample_rate`` only says where), fewer than ``min_samples``
+    samples (400 is one 25 ms encoder frame at 16 kHz), or all zeros.
     """
     _check_finite(wave, os.fspath(path), sample_rate)
     if len(wave) < min_samples:
@@ -118,14 +110,7 @@ def validate_waveform(wave: np.ndarray, path, min_samples: int = 400, sample_rat
 def to_mono_resampled(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mean of the channels, resampled with soxr 'HQ'; no checks.
 
-    Args:
-        data: (S, C) or (S,) samples at ``rate``.
-        rate: sample rate of ``data``.
-        sample_rate: output rate.
-
-    Returns:
-        (S',) float32 with ``S' = round(S * sample_rate / rate)``.
-    """
+    (S, C) or (S,) samples at ``rate`` -> (S',) float32 at ``sample_rate``, ``S' = round(S * sample_rate / rate)``."""
     mono = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data  # (S,)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if rate != sample_rate:
@@ -156,17 +141,9 @@ def _decode(source, name: str, sample_rate: int, min_samples: int) -> np.ndarray
 def load_audio(path, sample_rate: int = SAMPLE_RATE, min_samples: int = 400) -> np.ndarray:
     """Decode a file (any format libsndfile reads: WAV, FLAC, OGG/Opus, MP3, ...) to checked mono.
 
-    Args:
-        path: audio file.
-        sample_rate: output rate.
-        min_samples: fewest output samples accepted.
-
-    Returns:
-        (S,) float32 at ``sample_rate``, the mean of the channels.
-
-    Raises:
-        AudioError: the file cannot be used, with the reason (see ``audio_info`` and
-            ``validate_waveform``, plus undecodable or truncated data).
+    Returns (S,) float32 at ``sample_rate``, the mean of the channels, of at least ``min_samples``.
+    Raises AudioError when the file cannot be used, with the reason (see ``audio_info`` and
+    ``validate_waveform``, plus undecodable or truncated data).
     """
     path = _check_file(path)
     return _decode(path, path, sample_rate, min_samples)
@@ -181,25 +158,13 @@ def decode_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_R
 
 
 def stream_audio(path, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
-    """Mono chunks of a long file, in constant memory.
+    """Mono (S_i,) float32 chunks at ``sample_rate`` of a long file, in constant memory (``block_seconds`` a read).
 
-    Header errors raise here, before the first chunk. The chunks joined equal
-    ``load_audio`` to the last bit with soxr 1.1 (max difference 0.0 measured on 70 s
-    at 44.1 kHz in 10 s blocks: one-shot soxr runs the same streaming engine); tests
-    allow 1e-6 and one sample of length.
-
-    Args:
-        path: audio file.
-        sample_rate: output rate.
-        block_seconds: input read per step.
-
-    Yields:
-        (S_i,) float32 chunks at ``sample_rate``.
-
-    Raises:
-        AudioError: as ``audio_info`` at the call; during iteration for undecodable data
-            or NaN/Inf (with the time), and after the last chunk for a truncated or
-            all-zero file.
+    The chunks joined equal ``load_audio`` to the last bit with soxr 1.1 (max difference 0.0 measured on
+    70 s at 44.1 kHz in 10 s blocks: one-shot soxr runs the same streaming engine); tests allow 1e-6 and
+    one sample of length. Raises AudioError: as ``audio_info`` at the call, before the first chunk; during
+    iteration for undecodable data or NaN/Inf (with the time), and after the last chunk for a truncated or
+    all-zero file.
     """
     return _stream(audio_info(path), sample_rate, block_seconds)
 

@@ -50,11 +50,10 @@ def probe(encoder, train: AudioSet, valid: AudioSet, test: AudioSet, max_seconds
           select: str = "valid", groups: int = 5, cs: list[float] = (1.0,)) -> dict:
     """Choose the layer and C, then test that probe once.
 
-    ``select="valid"``: each (layer, C) fitted on ``train`` and scored (UAR) on the
-    validation speakers; the chosen one is refitted on ``train``. ``"speaker-cv"``:
-    scored by cross-validation over ``groups`` groups of all the training speakers
-    (``train`` and ``valid``), each group held out once; the chosen one is refitted
-    on all of them. No test speaker takes part in either.
+    ``select="valid"``: each (layer, C) fitted on ``train`` and scored (UAR) on the validation speakers; the chosen
+    one is refitted on ``train``. ``"speaker-cv"``: scored by cross-validation over ``groups`` groups of all the
+    training speakers (``train`` and ``valid``), each group held out once; the chosen one is refitted on all of
+    them. No test speaker takes part in either.
     """
     feats = {name: pooled_layers(encoder, data, max_seconds) for name, data in
              (("train", train), ("valid", valid), ("test", test))}

@@ -1,20 +1,18 @@
 """Corpus adapters: a corpus on disk becomes sorted utterance records with speaker-independent folds.
 
-Each adapter lists the labelled audio files of one corpus layout (IEMOCAP, RAVDESS,
-EmoDB, CREMA-D, or any corpus through a CSV/JSONL manifest); :func:`load_corpus`
-then keeps the requested classes, reads each kept file's header for its duration
-and sets aside what cannot be used as :class:`Problem` records, never silently.
+Each adapter lists the labelled audio files of one corpus layout (IEMOCAP, RAVDESS, EmoDB, CREMA-D, or any
+corpus through a CSV/JSONL manifest); :func:`load_corpus` then keeps the requested classes, reads each kept
+file's header for its duration and sets aside what cannot be used as :class:`Problem` records, never silently.
 
 Fold groups (one test fold per group, in natural order):
 
 - IEMOCAP: the session, ``Ses01`` .. ``Ses05`` (leave one session out).
 - RAVDESS: fold k tests actors 4k-3 .. 4k (two men, two women), the benchmark protocol.
-- EmoDB: one man and one woman per fold, each gender's speakers paired in sorted
-  order: 03+08, 10+09, 11+13, 12+14, 15+16.
-- CREMA-D, and manifests without a ``fold`` column: speakers sorted by id within
-  each gender (female, male, unknown) and dealt round-robin to 5 folds in one deal
-  across the genders, so each fold's share of either gender and its number of
-  speakers differ from the others' by at most one.
+- EmoDB: one man and one woman per fold, each gender's speakers paired in sorted order: 03+08, 10+09, 11+13,
+  12+14, 15+16.
+- CREMA-D, and manifests without a ``fold`` column: speakers sorted by id within each gender (female, male,
+  unknown) and dealt round-robin to 5 folds in one deal across the genders, so each fold's share of either
+  gender and its number of speakers differ from the others' by at most one.
 """
 
 import csv
@@ -91,12 +89,11 @@ class Corpus:
 
     def folds(self) -> list[Fold]:
         """Speaker-independent folds, one per group, in natural group order (``2`` before ``10``)."""
-        groups = sorted({u.group for u in self.utterances}, key=_natural)
-        return [Fold(index=k,
-                     test_speakers=sorted({u.speaker for u in self.utterances if u.group == g}),
-                     train=[u for u in self.utterances if u.group != g],
-                     test=[u for u in self.utterances if u.group == g])
-                for k, g in enumerate(groups, start=1)]
+        folds = []
+        for k, g in enumerate(sorted({u.group for u in self.utterances}, key=_natural), start=1):
+            test = [u for u in self.utterances if u.group == g]
+            folds.append(Fold(k, sorted({u.speaker for u in test}), [u for u in self.utterances if u.group != g], test))
+        return folds
 
     def fold(self, k: int) -> Fold:
         """Fold ``k`` (1-based)."""
@@ -132,9 +129,7 @@ class Adapter:
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-_GENDERS = {"f": "female", "female": "female", "woman": "female",
-            "m": "male", "male": "male", "man": "male"}
+_GENDERS = {"f": "female", "female": "female", "woman": "female", "m": "male", "male": "male", "man": "male"}
 _GENDER_ORDER = {"female": 0, "male": 1, None: 2}
 
 
@@ -171,22 +166,32 @@ def _with_duration(item: Utterance) -> Utterance | Problem:
 
 def _deal_folds(items: list[Utterance], n: int = NUM_FOLDS) -> list[Utterance]:
     """The items with groups ``"1"``..``"n"``: speakers sorted within gender (female, male, unknown), dealt
-    round-robin (fewer folds if fewer speakers).
-
-    One deal runs across the genders, so every fold gets its share of each gender
-    (within one speaker) and the folds' speaker counts differ by at most one.
-    """
-    genders = {}
-    for u in items:
-        genders.setdefault(u.speaker, u.gender)  # a manifest may disagree with itself: the first row wins
+    round-robin (fewer folds if fewer speakers) in one deal across the genders, so every fold gets its share
+    of each gender (within one speaker) and the folds' speaker counts differ by at most one."""
+    genders = {u.speaker: u.gender for u in reversed(items)}  # a manifest may disagree with itself: the first row wins
     order = sorted(genders, key=lambda s: (_GENDER_ORDER[genders[s]], s))
     n = max(1, min(n, len(order)))
     group = {s: str(i % n + 1) for i, s in enumerate(order)}
     return [replace(u, group=group[u.speaker]) for u in items]
 
 
-# ----------------------------------------------------------------------------- IEMOCAP
+def _by_name(root: Path, sub: str | None, name: re.Pattern, expected: str, parse) -> Listing:
+    """The audio files under ``root / sub`` (or ``root``, without that folder), labelled by their names:
+    ``parse(match, listing)`` of a name that fullmatches ``name`` gives the file's (emotion, gender, speaker,
+    group), a problem's reason, or None for a file it counted in ``listing.dropped``."""
+    out = Listing()
+    folder = root / sub if sub and (root / sub).is_dir() else root
+    for path in _audio_files(folder):
+        m = name.fullmatch(path.stem)
+        found = parse(m, out) if m else f"name does not match {expected}"
+        if isinstance(found, str):
+            out.problems.append(Problem(str(path), found))
+        elif found is not None:
+            out.items.append(_item(path, path.stem, *found))
+    return out
 
+
+# ----------------------------------------------------------------------------- IEMOCAP
 IEMOCAP_LABELS = ("neutral", "happy", "angry", "sad")
 _IEMOCAP_CODES = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
 _IEMOCAP_OTHER = {"fru", "sur", "fea", "dis", "oth", "xxx"}  # outside the 4-class set: dropped
@@ -200,9 +205,7 @@ IEMOCAP_STANDARD_COUNTS = {"neutral": 1708, "happy": 1636, "angry": 1103, "sad":
 def _iemocap(root: Path) -> Listing:
     """IEMOCAP release: labels from ``SessionN/dialog/EmoEvaluation/*.txt``, audio in ``sentences/wav``."""
     out = Listing()
-    for txt in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
-        if txt.name.startswith("."):
-            continue
+    for txt in sorted(t for t in root.glob("Session*/dialog/EmoEvaluation/*.txt") if not t.name.startswith(".")):
         for line in txt.read_text(errors="replace").splitlines():
             m = _IEMOCAP_LINE.match(line)
             if not m:
@@ -217,19 +220,16 @@ def _iemocap(root: Path) -> Listing:
             else:
                 # The turn's letter (F000, M012) is the speaker; the dialog's letter is who wore the markers.
                 session = uid[:5]
-                out.items.append(_item(wav, uid, _IEMOCAP_CODES[code], _gender(turn[0]),
-                                       session + turn[0], session))
+                out.items.append(_item(wav, uid, _IEMOCAP_CODES[code], _gender(turn[0]), session + turn[0], session))
     return out
 
 
 def _iemocap_check(corpus: Corpus) -> list[str]:
     """A warning when a full 5-session corpus's class counts are not the standard ones."""
-    if {u.group for u in corpus.utterances} != {f"Ses0{i}" for i in range(1, 6)}:
-        return []
     counts = Counter(u.emotion for u in corpus.utterances)
     found = {k: counts[k] for k in corpus.labels}
     expected = {k: IEMOCAP_STANDARD_COUNTS[k] for k in corpus.labels}
-    if found == expected:
+    if found == expected or {u.group for u in corpus.utterances} != {f"Ses0{i}" for i in range(1, 6)}:
         return []
     return [f"IEMOCAP class counts {_counts(found)} differ from the standard {_counts(expected)}"]
 
@@ -239,38 +239,29 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 # ----------------------------------------------------------------------------- RAVDESS
-
 RAVDESS_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 _RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
 
 
 def _ravdess(root: Path) -> Listing:
     """RAVDESS speech: ``Actor_XX/MM-VC-EE-II-SS-RR-AA.wav`` (48 kHz original) or ``.flac``."""
-    out = Listing()
-    for path in _audio_files(root):
-        m = _RAVDESS_NAME.fullmatch(path.stem)
-        if not m:
-            out.problems.append(Problem(str(path), "name does not match MM-VC-EE-II-SS-RR-AA"))
-            continue
+    def parse(m, out):
         modality, channel, emotion, *_, actor = (int(x) for x in m.groups())
         if (modality, channel) != (3, 1):  # only audio-only speech; the song part is another corpus
             out.dropped["song" if channel == 2 else "video"] += 1
-        elif not 1 <= emotion <= len(RAVDESS_LABELS):
-            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
-        elif not 1 <= actor <= 24:
-            out.problems.append(Problem(str(path), f"unknown actor '{m[7]}'"))
-        else:
-            out.items.append(_item(path, path.stem, RAVDESS_LABELS[emotion - 1],
-                                   "male" if actor % 2 else "female", f"Actor_{actor:02d}",
-                                   str((actor - 1) // 4 + 1)))
-    return out
+            return None
+        if not 1 <= emotion <= len(RAVDESS_LABELS):
+            return f"unknown label '{m[3]}'"
+        if not 1 <= actor <= 24:
+            return f"unknown actor '{m[7]}'"
+        return (RAVDESS_LABELS[emotion - 1], "male" if actor % 2 else "female", f"Actor_{actor:02d}",
+                str((actor - 1) // 4 + 1))
+    return _by_name(root, None, _RAVDESS_NAME, "MM-VC-EE-II-SS-RR-AA", parse)
 
 
 # ----------------------------------------------------------------------------- EmoDB
-
 EMODB_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "bored")
-_EMODB_CODES = {"W": "angry", "L": "bored", "E": "disgust", "A": "fearful",
-                "F": "happy", "T": "sad", "N": "neutral"}
+_EMODB_CODES = {"W": "angry", "L": "bored", "E": "disgust", "A": "fearful", "F": "happy", "T": "sad", "N": "neutral"}
 _EMODB_MALE, _EMODB_FEMALE = ("03", "10", "11", "12", "15"), ("08", "09", "13", "14", "16")
 _EMODB_GROUP = {s: str(k) for pair in (_EMODB_MALE, _EMODB_FEMALE) for k, s in enumerate(pair, start=1)}
 _EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([A-Za-z])([a-z])")
@@ -278,58 +269,43 @@ _EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([A-Za-z])([a-z])")
 
 def _emodb(root: Path) -> Listing:
     """EmoDB: ``wav/03a01Fa.wav`` = speaker, text, emotion letter, version."""
-    out = Listing()
-    folder = root / "wav" if (root / "wav").is_dir() else root
-    for path in _audio_files(folder):
-        m = _EMODB_NAME.fullmatch(path.stem)
-        if not m:
-            out.problems.append(Problem(str(path), "name does not match SSTTTEV (e.g. 03a01Fa)"))
-        elif m[3] not in _EMODB_CODES:
-            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
-        elif m[1] not in _EMODB_GROUP:
-            out.problems.append(Problem(str(path), f"unknown speaker '{m[1]}'"))
-        else:
-            gender = "male" if m[1] in _EMODB_MALE else "female"
-            out.items.append(_item(path, path.stem, _EMODB_CODES[m[3]], gender, m[1], _EMODB_GROUP[m[1]]))
-    return out
+    def parse(m, out):
+        if m[3] not in _EMODB_CODES:
+            return f"unknown label '{m[3]}'"
+        if m[1] not in _EMODB_GROUP:
+            return f"unknown speaker '{m[1]}'"
+        return _EMODB_CODES[m[3]], "male" if m[1] in _EMODB_MALE else "female", m[1], _EMODB_GROUP[m[1]]
+    return _by_name(root, "wav", _EMODB_NAME, "SSTTTEV (e.g. 03a01Fa)", parse)
 
 
 # ----------------------------------------------------------------------------- CREMA-D
-
 CREMAD_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgust")
-_CREMAD_CODES = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful",
-                 "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+_CREMAD_CODES = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 _CREMAD_NAME = re.compile(r"(\d+)_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})")
 
 
 def _cremad(root: Path) -> Listing:
     """CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``, genders from ``VideoDemographics.csv``."""
-    out = Listing()
     sexes = {}
     demographics = root / "VideoDemographics.csv"
     if demographics.is_file():
         with open(demographics, newline="", encoding="utf-8-sig") as f:
             sexes = {row["ActorID"].strip(): _gender(row.get("Sex")) for row in csv.DictReader(f)}
-    else:
+
+    def parse(m, out):
+        if m[3] not in _CREMAD_CODES:
+            return f"unknown label '{m[3]}'"
+        return _CREMAD_CODES[m[3]], sexes.get(m[1]), m[1], ""
+    out = _by_name(root, "AudioWAV", _CREMAD_NAME, "ACTOR_SENTENCE_EMOTION_LEVEL", parse)
+    if not demographics.is_file():
         out.warnings.append(f"{demographics} not found: genders unknown, folds not gender-balanced")
-    found = []
-    folder = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
-    for path in _audio_files(folder):
-        m = _CREMAD_NAME.fullmatch(path.stem)
-        if not m:
-            out.problems.append(Problem(str(path), "name does not match ACTOR_SENTENCE_EMOTION_LEVEL"))
-        elif m[3] not in _CREMAD_CODES:
-            out.problems.append(Problem(str(path), f"unknown label '{m[3]}'"))
-        else:
-            found.append(_item(path, path.stem, _CREMAD_CODES[m[3]], sexes.get(m[1]), m[1], group=""))
-    missing = sorted({u.speaker for u in found if sexes and u.speaker not in sexes})
+    missing = sorted({u.speaker for u in out.items if sexes and u.speaker not in sexes})
     out.problems += [Problem(str(demographics), f"no row for actor {a}: gender unknown") for a in missing]
-    out.items = _deal_folds(found)
+    out.items = _deal_folds(out.items)
     return out
 
 
 # ----------------------------------------------------------------------------- manifest
-
 def _manifest_rows(manifest: Path):
     """(line number, row dict or None if unparsable) for each record of a CSV or JSONL manifest."""
     suffix = manifest.suffix.lower()
@@ -363,7 +339,6 @@ def _field(row: dict | None, key: str) -> str:
 def _manifest(manifest: Path) -> Listing:
     """Any corpus: rows ``path, emotion[, gender, speaker, fold, id]``; paths relative to the manifest."""
     out = Listing()
-    items, folds = [], []
     for n, row in _manifest_rows(manifest):
         path, emotion, gender = (_field(row, key) for key in ("path", "emotion", "gender"))
         if row is None or not path or not emotion:
@@ -376,19 +351,16 @@ def _manifest(manifest: Path) -> Listing:
         uid = _field(row, "id") or os.path.splitext(path)[0]
         speaker = _field(row, "speaker")
         out.no_speaker += not speaker
-        items.append(_item(full, uid, emotion, _gender(gender), speaker or uid, group=""))
-        folds.append(_field(row, "fold"))
-    given = sum(map(bool, folds))
-    if 0 < given < len(items):
-        raise CorpusError(f"{manifest}: 'fold' is given for {given} of {len(items)} rows; give it for all or none")
-    if not given:
-        out.items = _deal_folds(items)
-        return out
+        out.items.append(_item(full, uid, emotion, _gender(gender), speaker or uid, group=_field(row, "fold")))
+    given = sum(bool(u.group) for u in out.items)
+    if 0 < given < len(out.items):
+        raise CorpusError(f"{manifest}: 'fold' is given for {given} of {len(out.items)} rows; give it for all or none")
     seen = {}
-    for u, fold in zip(items, folds):
-        if seen.setdefault(u.speaker, fold) != fold:  # a speaker in two folds would be tested on itself
-            raise CorpusError(f"{manifest}: speaker '{u.speaker}' is in folds {seen[u.speaker]} and {fold}")
-    out.items = [replace(u, group=fold) for u, fold in zip(items, folds)]
+    for u in out.items:
+        if seen.setdefault(u.speaker, u.group) != u.group:  # a speaker in two folds would be tested on itself
+            raise CorpusError(f"{manifest}: speaker '{u.speaker}' is in folds {seen[u.speaker]} and {u.group}")
+    if not given:
+        out.items = _deal_folds(out.items)
     return out
 
 
@@ -403,32 +375,21 @@ CORPORA: dict[str, Adapter] = {
 
 
 # ----------------------------------------------------------------------------- public functions
-
 def configured_corpus(data) -> Corpus:
     """The corpus a config's ``data`` section (``gmptl.config.DataConfig``) names."""
     return load_corpus(data.corpus, data.root, classes=data.classes, speaker_dependent=data.speaker_dependent)
 
 
 def load_corpus(name: str, root, classes: list[str] | None = None, speaker_dependent: bool = False) -> Corpus:
-    """Read a corpus: its usable utterances, what was left out, its folds.
+    """Read a corpus: its usable utterances (sorted by id), what was left out, its folds.
 
-    Args:
-        name: one of :data:`CORPORA` (``iemocap``, ``ravdess``, ``emodb``, ``cremad``, ``manifest``).
-        root: the corpus directory (the CSV/JSONL file for ``manifest``).
-        classes: label subset, in this order; utterances of other classes are
-            dropped (counted in ``Corpus.dropped``). None: the corpus's standard
-            label set and order (IEMOCAP: neutral, happy, angry, sad; a
-            manifest: its labels, sorted).
-        speaker_dependent: accept a manifest whose rows lack a speaker, each file then
-            its own speaker: its folds are not speaker-independent, and every result
-            made on them says "speaker-dependent" (``Corpus.protocol``).
-
-    Returns:
-        The corpus, utterances sorted by id.
-
-    Raises:
-        CorpusError: unknown corpus or class, root missing or of the wrong kind,
-            no audio found, or nothing usable left.
+    ``name`` is one of :data:`CORPORA`; ``root`` its directory (the CSV/JSONL file for ``manifest``).
+    ``classes``: label subset, in this order, the others dropped (counted in ``Corpus.dropped``);
+    None: the corpus's standard label set and order (IEMOCAP: neutral, happy, angry, sad; a
+    manifest: its labels, sorted). ``speaker_dependent``: accept a manifest whose rows lack a
+    speaker, each file then its own speaker: its folds are not speaker-independent, and every
+    result made on them says "speaker-dependent" (``Corpus.protocol``). Raises CorpusError: unknown
+    corpus or class, root missing or of the wrong kind, no audio found, or nothing usable left.
     """
     if name not in CORPORA:
         raise CorpusError(f"unknown corpus '{name}' (known: {', '.join(CORPORA)})")
@@ -475,8 +436,7 @@ def load_corpus(name: str, root, classes: list[str] | None = None, speaker_depen
         log.warning("%s: %s", name, warning)
     if not corpus.utterances:
         first = f"; first: {problems[0].path}: {problems[0].reason}" if problems else ""
-        raise CorpusError(f"{root}: no usable utterances of {', '.join(labels)} "
-                          f"({len(problems)} problem(s){first})")
+        raise CorpusError(f"{root}: no usable utterances of {', '.join(labels)} ({len(problems)} problem(s){first})")
     return corpus
 
 
@@ -484,25 +444,13 @@ def validation_split(train: list[Utterance], fraction: float = 0.1,
                      seed: int = 0) -> tuple[list[Utterance], list[Utterance]]:
     """Hold out whole training speakers for validation (never a test speaker: only ``train`` is seen).
 
-    ``round(fraction * speakers)`` speakers are taken (at least one, and at least
-    one left to train on), spread over genders in proportion: each gender's
-    speakers are shuffled by ``seed`` and interleaved by rank over their count,
-    so 20 speakers (10 women, 10 men) with fraction 0.1 give one woman and one man.
-
-    Args:
-        train: the training utterances of one fold.
-        fraction: share of speakers to hold out.
-        seed: picks which speakers; the same seed gives the same split.
-
-    Returns:
-        (the remaining training utterances, the validation utterances), input order kept.
-
-    Raises:
-        CorpusError: fewer than two speakers to split.
+    ``round(fraction * speakers)`` speakers are taken (at least one, and at least one left to train on), spread
+    over genders in proportion: each gender's speakers are shuffled by ``seed`` and interleaved by rank over
+    their count, so 20 speakers (10 women, 10 men) with fraction 0.1 give one woman and one man; the same seed
+    gives the same split. Returns (the remaining training utterances, the validation utterances), input order
+    kept; raises CorpusError with fewer than two speakers to split.
     """
-    genders = {}
-    for u in train:
-        genders.setdefault(u.speaker, u.gender)
+    genders = {u.speaker: u.gender for u in reversed(train)}  # the first utterance's gender
     if len(genders) < 2:
         raise CorpusError(f"validation_split needs at least 2 training speakers, got {len(genders)}")
     count = min(max(1, round(fraction * len(genders))), len(genders) - 1)
@@ -527,11 +475,8 @@ def summarize(corpus: Corpus, crop: float = DataConfig.max_seconds) -> dict:
     durations = [u.duration for u in corpus.utterances]
     total = sum(durations)
     return {
-        "corpus": corpus.name,
-        "root": corpus.root,
-        "labels": list(corpus.labels),
-        "utterances": len(corpus.utterances),
-        "seconds": round(total, 3),
+        "corpus": corpus.name, "root": corpus.root, "labels": list(corpus.labels),
+        "utterances": len(corpus.utterances), "seconds": round(total, 3),
         "durations": dict(zip(("min", "p10", "median", "p90", "max"),
                               np.quantile(durations, [0.0, 0.1, 0.5, 0.9, 1.0]).round(3).tolist())),
         "crop": {"seconds": crop,
@@ -539,11 +484,9 @@ def summarize(corpus: Corpus, crop: float = DataConfig.max_seconds) -> dict:
                  "audio_cut": round(sum(max(d - crop, 0.0) for d in durations) / total, 4) if total else 0.0},
         "classes": {label: classes[label] for label in corpus.labels},
         "genders": {g: genders[g] for g in ("female", "male", "unknown") if g != "unknown" or genders[g]},
-        "speakers": len(corpus.speakers()),
-        "protocol": corpus.protocol,
+        "speakers": len(corpus.speakers()), "protocol": corpus.protocol,
         "folds": [{"fold": f.index, "test_speakers": f.test_speakers, "test_utterances": len(f.test)}
                   for f in corpus.folds()],
-        "dropped": dict(corpus.dropped),
-        "problems": [{"path": p.path, "reason": p.reason} for p in corpus.problems],
+        "dropped": dict(corpus.dropped), "problems": [{"path": p.path, "reason": p.reason} for p in corpus.problems],
         "warnings": list(corpus.warnings),
     }

@@ -75,8 +75,7 @@ def download(name: str, dest, url: str | None = None, md5: str | None = None) ->
     if name not in CORPORA:
         raise GmptlError(f"unknown corpus '{name}' to download (known: {', '.join(CORPORA)}); "
                          "the others need a licence agreement: get them from their publishers")
-    spec = CORPORA[name]
-    dest = Path(dest)
+    spec, dest = CORPORA[name], Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / spec["file"]
     expected = md5 or spec["md5"]

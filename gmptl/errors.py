@@ -9,8 +9,7 @@ class AudioError(GmptlError):
     """An audio file that cannot be used, with the path and the reason."""
 
     def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
+        self.path, self.reason = str(path), reason
         super().__init__(f"{self.path}: {reason}")
 
 

@@ -21,8 +21,7 @@ class LayerSelect(nn.Module):
     def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
         if self.index is not None:
             return hidden_states[self.index]
-        w = torch.softmax(self.weights, 0)
-        return sum(wi * h for wi, h in zip(w, hidden_states))
+        return sum(w * h for w, h in zip(torch.softmax(self.weights, 0), hidden_states))
 
 
 class LinearP(nn.Module):
@@ -41,9 +40,9 @@ class LinearP(nn.Module):
 class BiLSTMPool(nn.Module):
     """BiLSTM over valid frames, then length-aware mean pooling: (B, T, D) -> (B, 2H).
 
-    The backward direction runs on each utterance reversed within its own length,
-    so it starts at the utterance's last frame, not in the padding: the result
-    equals a packed-sequence BiLSTM (tested) and, unlike packing, exports to ONNX.
+    The backward direction runs on each utterance reversed within its own length, so it starts at the
+    utterance's last frame, not in the padding: the result equals a packed-sequence BiLSTM (tested) and,
+    unlike packing, exports to ONNX.
     """
 
     def __init__(self, input_size: int, hidden_size: int = 256):
@@ -53,14 +52,13 @@ class BiLSTMPool(nn.Module):
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, 2 * hidden_size
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        valid = valid_mask(lengths, frames.shape[1])  # (B, T)
-        frames = frames * valid[..., None].to(frames.dtype)
+        keep = valid_mask(lengths, frames.shape[1])[..., None].to(frames.dtype)  # (B, T, 1)
+        frames = frames * keep
         reverse = reverse_index(lengths, frames.shape[1])[..., None]  # (B, T, 1)
         forward, _ = self.lstm_fwd(frames)
         backward, _ = self.lstm_bwd(frames.gather(1, reverse.expand_as(frames)))
         # The mean over valid frames does not depend on their order: the backward
         # outputs are pooled in reversed order, never put back in time order.
-        keep = valid[..., None].to(frames.dtype)
         pooled = torch.cat([(forward * keep).sum(1), (backward * keep).sum(1)], -1)  # (B, 2H)
         return pooled / lengths.clamp(min=1)[:, None].to(pooled.dtype)
 
@@ -75,9 +73,8 @@ def reverse_index(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 class AMSoftmax(nn.Module):
     """Additive-margin softmax classifier (Wang et al. 2018; the paper's eqs. 2-3).
 
-    ``forward`` returns the cosines (B, C) between L2-normalised features and class
-    weights; the margin and scale live in ``losses.am_softmax_loss`` and apply in
-    training only, so a prediction is the argmax of the cosines.
+    ``forward`` returns the cosines (B, C) between L2-normalised features and class weights; the margin and scale
+    live in ``losses.am_softmax_loss`` and apply in training only, so a prediction is the argmax of the cosines.
     """
 
     def __init__(self, input_size: int, num_classes: int):

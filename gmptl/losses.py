@@ -19,9 +19,7 @@ def multitask_loss(emotion_logits, gender_logits, emotion, gender, alpha: float 
 def am_softmax_loss(cosines: torch.Tensor, targets: torch.Tensor, s: float = 30.0, m: float = 0.2) -> torch.Tensor:
     """Stage 3 (eqs. 2-3): cross-entropy of ``s * (cos - m * onehot(target))``.
 
-    Args:
-        cosines: (B, C) cosines between normalised features and class weights.
-        targets: (B,) class indices.
+    ``cosines`` (B, C) between normalised features and class weights; ``targets`` (B,) class indices.
     """
     margin = F.one_hot(targets, cosines.shape[1]).to(cosines.dtype) * m
     return F.cross_entropy(s * (cosines - margin), targets)
@@ -31,11 +29,8 @@ def masked_prediction_loss(logits: list[torch.Tensor], labels: list[torch.Tensor
                            valid: torch.Tensor, unmasked_weight: float = 0.0) -> torch.Tensor:
     """Stage 2: sum over scales of the CE on masked frames (+ weighted CE on unmasked ones).
 
-    Args:
-        logits: per scale, (B, T, K_scale).
-        labels: per scale, (B, T) cluster ids (any value on padding).
-        frame_mask: (B, T) bool, True where the input frame was masked.
-        valid: (B, T) bool, True on real frames.
+    Per scale, ``logits`` (B, T, K_scale) and ``labels`` (B, T) cluster ids (any value on padding);
+    ``frame_mask`` (B, T) True where the input frame was masked, ``valid`` (B, T) True on real frames.
     """
     total = logits[0].new_zeros(())
     masked, unmasked = frame_mask & valid, ~frame_mask & valid

@@ -8,24 +8,16 @@ def span_mask(frame_lengths: torch.Tensor, mask_prob: float = 0.8, span: int = 1
               rng: np.random.Generator | None = None) -> torch.Tensor:
     """Random spans of frames to mask, as in HuBERT / wav2vec 2.0 pre-training.
 
-    Each utterance of ``n`` valid frames gets ``k = floor(mask_prob * n / span + u)``
-    spans (``u`` uniform in [0, 1), so ``k`` is ``mask_prob * n / span`` on average,
-    and at least ``min_spans``) whose starts are drawn without replacement from the
-    ``n - span + 1`` possible ones. Spans overlap, so the masked fraction is below
-    ``mask_prob``: about 0.5 for HuBERT's 0.8 and 10. Padding is never masked.
-    This is fairseq's ``compute_mask_indices`` rule, but for one deliberate difference:
-    fairseq draws starts from ``n - span`` positions, so its spans never reach the last
-    frame; here they may (the masked fraction moves by under 0.005 at 200 frames).
+    Each utterance of ``n`` valid frames gets ``k = floor(mask_prob * n / span + u)`` spans
+    (``u`` uniform in [0, 1), so ``k`` is ``mask_prob * n / span`` on average, and at least ``min_spans``)
+    whose starts are drawn without replacement from the ``n - span + 1`` possible ones. Spans overlap, so
+    the masked fraction is below ``mask_prob``: about 0.5 for HuBERT's 0.8 and 10. Padding is never masked.
+    This is fairseq's ``compute_mask_indices`` rule, but for one deliberate difference: fairseq draws starts
+    from ``n - span`` positions, so its spans never reach the last frame; here they may (the masked fraction
+    moves by under 0.005 at 200 frames).
 
-    Args:
-        frame_lengths: (B,) valid frames of each utterance.
-        mask_prob: expected fraction of frames that start a span, times ``span``.
-        span: frames per span.
-        min_spans: lower bound on the number of spans of an utterance.
-        rng: numpy generator (a seeded one makes masks reproducible).
-
-    Returns:
-        (B, T) bool, True on masked frames, with ``T = frame_lengths.max()``.
+    ``frame_lengths`` (B,) valid frames of each utterance -> (B, T) bool, True on masked frames, with
+    ``T = frame_lengths.max()``; a seeded ``rng`` makes masks reproducible.
     """
     rng = np.random.default_rng() if rng is None else rng
     lengths = frame_lengths.tolist()

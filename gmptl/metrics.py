@@ -20,9 +20,8 @@ def uar_of(confusion) -> float:
 def scores(y_true, y_pred, labels: list[str]) -> dict:
     """WAR, UAR and macro-F1 in percent, per-class recall, confusion matrix.
 
-    Classes absent from ``y_true`` are left out of UAR and F1 (as scikit-learn does
-    when given only the labels present), so a fold without some class is not
-    penalised for it.
+    Classes absent from ``y_true`` are left out of UAR and F1 (as scikit-learn does when given only the labels
+    present), so a fold without some class is not penalised for it.
     """
     m = confusion(y_true, y_pred, len(labels))
     support, predicted, hits = m.sum(1), m.sum(0), np.diag(m)
@@ -36,9 +35,7 @@ def scores(y_true, y_pred, labels: list[str]) -> dict:
         "uar": uar_of(m),
         "f1": 100.0 * f1[present].mean() if present.any() else 0.0,
         "recall": {label: 100.0 * r for label, r, p in zip(labels, recall, present) if p},
-        "confusion": m.tolist(),
-        "labels": list(labels),
-        "n": int(m.sum()),
+        "confusion": m.tolist(), "labels": list(labels), "n": int(m.sum()),
     }
 
 
@@ -46,18 +43,17 @@ def paired_difference(y_true, pred_a, pred_b, speakers, folds, num_classes: int,
                       seed: int = 0) -> dict:
     """How sure is "system A beats system B"? Both systems' predictions on the same test utterances.
 
-    The statistic is the one the tables report: WAR and UAR computed per fold, averaged over
-    folds, A minus B. ``pred_a`` and ``pred_b`` are (N,) or, for replicate runs of a system
-    (seeds, reruns), (R, N): a system's hits are then averaged over its runs, so its WAR and
-    UAR are the means over its runs (recall is linear in the hits), and R may differ between A
-    and B. Speakers are the unit of resampling (utterances of one speaker are not independent):
+    The statistic is the one the tables report: WAR and UAR computed per fold, averaged over folds, A minus B.
+    ``pred_a`` and ``pred_b`` are (N,) or, for replicate runs of a system (seeds, reruns), (R, N): a system's
+    hits are then averaged over its runs, so its WAR and UAR are the means over its runs (recall is linear in
+    the hits), and R may differ between A and B. Speakers are the unit of resampling (utterances of one
+    speaker are not independent):
 
-    - ``*_ci``: 95 % percentile interval of a bootstrap over the test speakers (drawn with
-      replacement from all folds, ``rounds`` times; each keeps its fold, and a fold counts by
-      how many of its speakers were drawn), so that the spread between folds counts too;
-    - ``p_*``: two-sided paired permutation test, each speaker's predictions of A and B swapped
-      at random; the chance of a difference at least as large if the two systems were
-      interchangeable.
+    - ``*_ci``: 95 % percentile interval of a bootstrap over the test speakers (drawn with replacement from all
+      folds, ``rounds`` times; each keeps its fold, and a fold counts by how many of its speakers were drawn),
+      so that the spread between folds counts too;
+    - ``p_*``: two-sided paired permutation test, each speaker's predictions of A and B swapped at random; the
+      chance of a difference at least as large if the two systems were interchangeable.
     """
     y = np.asarray(y_true)
     a, b = (np.atleast_2d(np.asarray(v)) for v in (pred_a, pred_b))

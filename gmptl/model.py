@@ -10,14 +10,10 @@ from .heads import AMSoftmax, BiLSTMPool, LayerSelect, LinearP
 class UtteranceClassifier(nn.Module):
     """Encoder -> layer -> BiLSTM -> mean pooling (MAP) -> LinearP heads (Fig. 1a, 1b right).
 
-    Args:
-        encoder: any ``SpeechEncoder``.
-        num_classes: emotion classes.
-        layer: hidden state feeding the head (negative from the top; None: learned weighted sum).
-        gender: add the gender head of stage 1's multi-task loss.
-        classifier: ``linear``: LinearP gives logits (stage 1, CE-FT); ``amsoftmax``:
-            LinearP gives an embedding scored by cosine against class weights (Hybrid-FT).
-        lstm_hidden, proj_hidden, embed_size, dropout: head sizes.
+    ``layer``: hidden state feeding the head (negative from the top; None: learned weighted sum).
+    ``gender``: add the gender head of stage 1's multi-task loss. ``classifier``: ``linear``: LinearP
+    gives logits (stage 1, CE-FT); ``amsoftmax``: LinearP gives an embedding scored by cosine against
+    class weights (Hybrid-FT). ``lstm_hidden``, ``proj_hidden``, ``embed_size``, ``dropout``: head sizes.
     """
 
     def __init__(self, encoder: SpeechEncoder, num_classes: int, layer: int | None = -1, gender: bool = True,
@@ -28,11 +24,10 @@ class UtteranceClassifier(nn.Module):
         self.layer = LayerSelect(encoder.num_layers + 1, layer)
         self.pool = BiLSTMPool(encoder.hidden_size, lstm_hidden)
         self.classifier = classifier
-        if classifier == "amsoftmax":
-            self.emotion = LinearP(self.pool.output_size, proj_hidden, embed_size, dropout)
+        amsoftmax = classifier == "amsoftmax"
+        self.emotion = LinearP(self.pool.output_size, proj_hidden, embed_size if amsoftmax else num_classes, dropout)
+        if amsoftmax:
             self.amsoftmax = AMSoftmax(embed_size, num_classes)
-        else:
-            self.emotion = LinearP(self.pool.output_size, proj_hidden, num_classes, dropout)
         self.gender = LinearP(self.pool.output_size, proj_hidden, 2, dropout) if gender else None
 
     def head_parameters(self):
