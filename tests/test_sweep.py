@@ -33,7 +33,8 @@ def test_grid_parsing():
 
 def fake_result(path: Path, fold: int, valid: float, uar: float, crossfit: float | None = None) -> None:
     path.mkdir(parents=True)
-    stage3 = {"best_score": valid, **({"crossfit": {"uar": crossfit}} if crossfit is not None else {})}
+    stage3 = {"best_score": valid, "best_valid": {"valid_uar": valid},
+              **({"crossfit": {"uar": crossfit}} if crossfit is not None else {})}
     (path / "result.json").write_text(json.dumps({"fold": fold, "war": uar + 1, "uar": uar,
                                                   "stages": {"stage1": {"best_score": 0.0}, "stage3": stage3}}))
 
