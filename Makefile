@@ -30,7 +30,7 @@ tts:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
 
 demo: setup tts
-	$(PY) -m gmptl.demo
+	$(PY) demo/run.py
 
 # Speed and memory figures (bench/README.md) into bench/results.json; needs ../shared/data/ravdess.
 bench: setup

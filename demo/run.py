@@ -1,4 +1,4 @@
-"""``make demo``: GMP-TL end to end, offline, on a synthetic emotional-speech corpus.
+"""``make demo`` (``python demo/run.py``): GMP-TL end to end, offline, on a synthetic emotional-speech corpus.
 
 The corpus is made here with the espeak-ng text-to-speech engine: eight voices
 (four male, four female) read six sentences in four emotions, each emotion with
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import load_audio
+from gmptl.audio import load_audio
 
 log = logging.getLogger("gmptl.demo")
 
@@ -94,7 +94,7 @@ def long_recording(root: Path, path: Path) -> list[tuple[float, str]]:
 
 
 def main() -> None:
-    from .__main__ import main as gmptl
+    from gmptl.__main__ import main as gmptl
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "faiss", "matplotlib", "huggingface_hub"):
