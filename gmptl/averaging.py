@@ -47,11 +47,8 @@ def kept_epochs(history: list[dict], average: int, crossfit: bool, select: str) 
     by every held-out split as well (none with average 1: the best epoch alone needs none)."""
     if average <= 1:
         return set()
-    kept = set(ranked(history)[:average])
-    if crossfit:
-        for _, others in held_out_splits(history):
-            kept |= set(ranked(history, others, select)[:average])
-    return kept
+    choosers = [None] + ([others for _, others in held_out_splits(history)] if crossfit else [])
+    return {e for speakers in choosers for e in ranked(history, speakers, select)[:average]}
 
 
 def average_weights(paths: list[Path]) -> dict:
@@ -63,12 +60,10 @@ def average_weights(paths: list[Path]) -> dict:
 
 def crossfit(history: list[dict], average: int, select: str, top_file: Callable[[int], Path],
              model: torch.nn.Module, evaluate: Callable[[], dict]) -> dict:
-    """Each validation speaker predicted by the weights the others choose (module docstring); with
-    ``average`` > 1 the chosen epochs' mean is loaded into ``model`` and scored by ``evaluate``, which
-    leaves other weights in ``model``."""
+    """Each validation speaker predicted by the weights the others choose (module docstring); with ``average`` > 1
+    the chosen epochs' mean is loaded into ``model`` and scored by ``evaluate``, which leaves other weights there."""
     by_epoch = {r["epoch"]: r["valid_by_speaker"] for r in history}
-    best = mean = 0
-    chosen = {}
+    best, mean, chosen = 0, 0, {}
     for speaker, others in held_out_splits(history):
         order = ranked(history, others, select)
         best = best + np.asarray(by_epoch[order[0]][speaker]["confusion"])
@@ -80,5 +75,4 @@ def crossfit(history: list[dict], average: int, select: str, top_file: Callable[
     out = {"best_uar": uar_of(best), "speakers": chosen}
     if average > 1:
         out["average_uar"] = uar_of(mean)
-    out["uar"] = out.get("average_uar", out["best_uar"])
-    return out
+    return {**out, "uar": out.get("average_uar", out["best_uar"])}

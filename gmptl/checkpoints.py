@@ -10,8 +10,6 @@ Layout of ``out_dir`` (one training stage)::
 """
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import torch
@@ -20,36 +18,13 @@ from safetensors.torch import load_file, save_file
 from . import dist
 from .utils import atomic_json, atomic_write
 
-log = logging.getLogger(__name__)
-
 
 def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """safetensors written to a temporary file and renamed; under torchrun only rank 0 writes."""
-    if not dist.is_main():
-        return
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers may share a directory
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
-    """Adam's state as flat named tensors (safetensors holds no pickles)."""
-    out = {}
-    for i, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"optimizer.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict) -> None:
-    state_dict = opt.state_dict()
-    state: dict = {}
-    for name, value in tensors.items():
-        _, i, key = name.split(".", 2)
-        state.setdefault(int(i), {})[key] = value
-    state_dict["state"] = state
-    opt.load_state_dict(state_dict)
+    """safetensors written atomically (``utils.atomic_write``): under torchrun only rank 0 writes."""
+    def write(tmp: Path, tensors: dict) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    atomic_write(tensors, path, write)
 
 
 class CheckpointStore:
@@ -80,7 +55,12 @@ class CheckpointStore:
             return None
         tensors = load_file(str(self.last))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimizer_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
+        adam: dict = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, i, key = name.split(".", 2)
+                adam.setdefault(int(i), {})[key] = value
+        opt.load_state_dict({**opt.state_dict(), "state": adam})
         return json.loads((self.dir / "last.json").read_text())
 
     def top_file(self, epoch: int) -> Path:
@@ -98,7 +78,10 @@ class CheckpointStore:
             if state["epoch"] in keep:
                 (self.dir / "top").mkdir(exist_ok=True)
                 atomic_save(weights, self.top_file(state["epoch"]))
-            atomic_save({**{f"model.{k}": v for k, v in weights.items()}, **optimizer_tensors(opt)}, self.last)
+            # Adam's state as flat named tensors: safetensors holds no pickles
+            adam = {f"optimizer.{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items()
+                    for k, v in s.items()}
+            atomic_save({**{f"model.{k}": v for k, v in weights.items()}, **adam}, self.last)
             atomic_json(state, self.dir / "last.json")
             # rewritten whole: a resumed epoch is never logged twice
             atomic_write("".join(json.dumps(r) + "\n" for r in state["history"]), self.dir / "log.jsonl")

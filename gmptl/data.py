@@ -38,8 +38,7 @@ class Batch:
 class AudioSet:
     """Utterances decoded once to 16 kHz mono float32, with label indices.
 
-    A file that fails to decode is logged with its reason and left out (``failed``);
-    it never stops the run.
+    A file that fails to decode is logged with its reason and left out (``failed``); it never stops the run.
     """
 
     def __init__(self, utterances: list[Utterance], labels: list[str], desc: str = "audio"):
@@ -70,9 +69,8 @@ class AudioSet:
 def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
     """Indices grouped by similar length so little of a batch is padding.
 
-    Sorting by length (ties broken at random) and cutting into consecutive groups
-    keeps padding to a few percent; the order of the groups is shuffled when
-    ``rng`` is given, so batches still come in a random order.
+    Sorting by length (ties broken at random) and cutting into consecutive groups keeps padding to a few
+    percent; the order of the groups is shuffled when ``rng`` is given, so batches still come in a random order.
     """
     order = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
     order = order[np.argsort(lengths[order], kind="stable")]
@@ -101,8 +99,7 @@ def make_batch(data: AudioSet, idx: np.ndarray, max_samples: int, rng: np.random
             w = w[offset:offset + max_samples]
         waves.append(torch.from_numpy(w))
         offsets.append(offset)
-    lengths = torch.tensor([len(w) for w in waves])
-    return Batch(torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths,
+    return Batch(torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([len(w) for w in waves]),
                  torch.from_numpy(data.emotion[idx]), torch.from_numpy(data.gender[idx]),
                  torch.from_numpy(np.asarray(idx)), torch.tensor(offsets))
 
@@ -110,6 +107,5 @@ def make_batch(data: AudioSet, idx: np.ndarray, max_samples: int, rng: np.random
 def epoch_batches(data: AudioSet, batch_size: int, max_seconds: float, rng: np.random.Generator | None):
     """One pass over ``data`` in length-bucketed batches (random order and crops when ``rng``)."""
     max_samples = int(max_seconds * SAMPLE_RATE)
-    cropped = np.minimum(data.lengths, max_samples)
-    for idx in bucket_batches(cropped, batch_size, rng):
+    for idx in bucket_batches(np.minimum(data.lengths, max_samples), batch_size, rng):
         yield make_batch(data, idx, max_samples, rng)

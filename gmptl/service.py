@@ -7,13 +7,9 @@ page. Uploads over the size limit answer 413, audio that cannot be used 422 with
 the reason; bad input never reaches a 500.
 """
 
-import logging
-
 from .audio import decode_bytes
 from .errors import AudioError
-from .inference import Recognizer
-
-log = logging.getLogger(__name__)
+from .inference import Prediction, Recognizer
 
 DEFAULT_MAX_MB = 50.0
 
@@ -21,33 +17,21 @@ DEFAULT_MAX_MB = 50.0
 def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6)):
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
-    from pydantic import BaseModel
-
-    class PredictionOut(BaseModel):
-        label: str
-        probabilities: dict[str, float]
-        duration: float
-        gender: str | None = None
-        gender_probability: float | None = None
-        path: str | None = None
 
     app = FastAPI(title="gmptl", version=recognizer.meta.get("gmptl_version", "0.1.0"),
                   description="Speech emotion recognition (GMP-TL). POST audio to /v1/predict.")
 
-    async def read_body(request: Request) -> bytes:
-        """The request body, refused with 413 as soon as it passes ``max_bytes``."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
-        return bytes(body)
-
     async def audio_of(request: Request) -> tuple[bytes, str]:
-        body = await read_body(request)
+        """The uploaded audio and its name; the body is refused with 413 as soon as it passes ``max_bytes``."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
+        received = bytearray()
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > max_bytes:
+                raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
+        body = bytes(received)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return body, "<body>"
 
@@ -63,7 +47,7 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
             raise HTTPException(422, "multipart upload without a 'file' field")
         return await upload.read(), upload.filename or "<upload>"
 
-    @app.post("/v1/predict", response_model=PredictionOut, responses={
+    @app.post("/v1/predict", response_model=Prediction, responses={
         413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
     async def predict(request: Request):
         """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
@@ -73,8 +57,7 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         except AudioError as e:
             raise HTTPException(422, e.reason) from None
         result = (await run_in_threadpool(recognizer.predict_waves, [wave]))[0]
-        result.path = name
-        return result.to_dict()
+        return {**result.to_dict(), "path": name}
 
     @app.get("/v1/health")
     def health():
@@ -82,12 +65,10 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
 
     @app.get("/v1/model")
     def model():
-        meta = recognizer.meta
-        encoder = meta.get("encoder")
-        return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate,
-                "gender": recognizer.has_gender,
+        encoder = recognizer.meta.get("encoder")
+        return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate, "gender": recognizer.has_gender,
                 "encoder": encoder.get("name") if isinstance(encoder, dict) else encoder,
-                "metrics": meta.get("metrics", {}), "max_upload_bytes": max_bytes}
+                "metrics": recognizer.meta.get("metrics", {}), "max_upload_bytes": max_bytes}
 
     return app
 

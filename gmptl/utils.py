@@ -13,10 +13,8 @@ from .errors import ConfigError
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", torch.cuda.current_device())  # under torchrun: this rank's GPU
+    if name == "auto":  # under torchrun: this rank's GPU
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: PyTorch sees no CUDA device here (use auto or cpu)")
@@ -30,9 +28,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast (CUDA or CPU) when asked for; a no-op context for fp32.
 
-    On a CPU with native bf16 (AVX512-BF16 or AMX) a Whisper tiny.en training step
-    is about 1.7x faster (bench ``cpu_bf16``); a CPU without it is refused
-    (``check_precision``)."""
+    On a CPU with native bf16 (AVX512-BF16 or AMX) a Whisper tiny.en training step is about 1.7x faster
+    (bench ``cpu_bf16``); a CPU without it is refused (``check_precision``)."""
     if precision != "bf16":
         return contextlib.nullcontext()
     check_precision(device, precision)
@@ -44,8 +41,7 @@ def check_precision(device: torch.device | str, precision: str) -> None:
     oneDNN emulates it, slower than fp32, and its LSTM (the head's BiLSTM) cannot run it at all."""
     if precision != "bf16":
         return
-    if isinstance(device, str):
-        device = resolve_device(device)
+    device = resolve_device(device) if isinstance(device, str) else device
     if device.type == "cpu" and not cpu_has_bf16():
         raise ConfigError("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), "
                           "where oneDNN cannot run the BiLSTM in bf16; use fp32")
@@ -72,13 +68,13 @@ def figure(path, *args, **kwargs):
         plt.close(fig)
 
 
-def atomic_write(text: str, path: Path) -> None:
-    """``text`` written to a temporary file and renamed: a kill leaves the old file or the new one.
-    Under torchrun only rank 0 writes."""
+def atomic_write(data, path: Path, write=Path.write_text) -> None:
+    """``write(tmp, data)`` (by default ``data`` as text) to a temporary file, then renamed: a kill leaves the old
+    file or the new one. Under torchrun only rank 0 writes."""
     if not dist.is_main():
         return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers may share a directory
-    tmp.write_text(text)
+    write(tmp, data)
     os.replace(tmp, path)
 
 
