@@ -1,6 +1,7 @@
 """The ``gmptl`` command line: one entry point, a subcommand per thing a user wants to do."""
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -11,13 +12,29 @@ from pathlib import Path
 from .config import DataConfig
 from .errors import GmptlError
 
-log = logging.getLogger("gmptl")
-
 
 def fatal(message: str, code: int = 2) -> None:
     """Print one clear line and leave (the traceback only with --verbose)."""
     print(f"gmptl: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def fold_numbers(args) -> list[int] | None:
+    """``--folds 1,3`` as numbers; None (every fold) when not given."""
+    return [int(f) for f in args.folds.split(",")] if args.folds else None
+
+
+def given(args, *names: str) -> list[str]:
+    """``--name value`` for each of ``names`` the user gave (once per value of a repeated option, a flag alone):
+    what a recorded command needs to rerun the same run."""
+    words = []
+    for name in names:
+        flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is not None:
+            words += [w for v in (value if isinstance(value, list) else [value]) for w in (flag, str(v))]
+    return words
 
 
 def cmd_data(args) -> int:
@@ -75,19 +92,12 @@ def cmd_cv(args) -> int:
     from .config import load_config
     from .cv import format_table, run_cv
 
-    cfg = load_config(args.config, args.set or [])
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summary = run_cv(cfg, out, folds)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    summary = run_cv(load_config(args.config, args.set or []), out, fold_numbers(args))
     print(f"{summary['system']} on {summary['corpus']} ({summary['encoder']}), {len(summary['folds'])} fold(s):")
     print(format_table(summary))
     print(f"results: {out / 'summary.json'}, confusion matrix: {out / 'confusion.png'}")
     return 0
-
-
-def given(args, *names: str) -> list[str]:
-    """``--name value`` for each of ``names`` the user gave: what a recorded command needs to rerun the same run."""
-    return [a for n in names if getattr(args, n) is not None for a in (f"--{n}", str(getattr(args, n)))]
 
 
 def cmd_reproduce(args) -> int:
@@ -95,14 +105,12 @@ def cmd_reproduce(args) -> int:
 
     out = Path(args.out or f"runs/reproduce-{args.recipe}")
     results = Path(args.results or f"results/{args.recipe}")
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     names = args.systems.split(",") if args.systems else None
-    command = shlex.join(["gmptl", "reproduce", args.recipe, "--root", args.root] + given(args, "config")
-                         + [a for o in (args.set or []) for a in ("--set", o)]
-                         + given(args, "folds", "out", "results"))
-    written = reproduce(args.recipe, args.root, out, results, names, folds, args.jobs, args.set or [],
+    command = shlex.join(["gmptl", "reproduce", args.recipe, "--root", args.root]
+                         + given(args, "config", "set", "folds", "out", "results"))
+    written = reproduce(args.recipe, args.root, out, results, names, fold_numbers(args), args.jobs, args.set or [],
                         args.config, report=not args.no_report, command=command, run=not args.report_only)
-    for label, summary in written.items():
+    for summary in written.values():
         if summary:
             print(f"{summary['corpus']}, {len(summary['classes'])} classes:\n{format_tables(summary)}")
     if written:
@@ -114,12 +122,9 @@ def cmd_sweep(args) -> int:
     from .sweep import format_sweep, sweep
 
     out = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    command = shlex.join(["gmptl", "sweep", "--config", args.config] + [a for o in (args.set or []) for a in ("--set", o)]
-                         + [a for g in args.grid for a in ("--grid", g)]
-                         + (["--one-at-a-time"] if args.one_at_a_time else []) + given(args, "seeds", "folds")
-                         + ["--out", str(out)])
-    summary = sweep(args.config, args.set or [], args.grid, out, folds, args.jobs, command,
+    command = shlex.join(["gmptl", "sweep", "--config", args.config]
+                         + given(args, "set", "grid", "one_at_a_time", "seeds", "folds") + ["--out", str(out)])
+    summary = sweep(args.config, args.set or [], args.grid, out, fold_numbers(args), args.jobs, command,
                     run=not args.report_only, report=not args.no_report, single=args.one_at_a_time,
                     seeds=1 if args.seeds is None else args.seeds)
     if summary:
@@ -162,34 +167,26 @@ def cmd_train(args) -> int:
         train, valid = validation_split(corpus.utterances, cfg.data.valid_fraction, seed=cfg.train.seed)
         result = run_split(cfg, corpus.labels, train, valid, [], out,
                            {"fold": None, "test_speakers": [], "protocol": corpus.protocol})
-    line = f"model: {out / 'model'}"
-    if "uar" in result:
-        line += f"  (fold {args.fold} test: WAR {result['war']:.2f}, UAR {result['uar']:.2f})"
-    print(line)
+    test = f"  (fold {args.fold} test: WAR {result['war']:.2f}, UAR {result['uar']:.2f})" if "uar" in result else ""
+    print(f"model: {out / 'model'}{test}")
     return 0
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    """``rows`` as CSV or JSONL, by the suffix of ``path``."""
-    import csv
-
+    """``rows`` as JSONL when ``path`` ends in .jsonl, else as CSV (``cmd_predict`` has checked the suffix)."""
     if path.suffix.lower() == ".jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif path.suffix.lower() == ".csv":
-        flat = [{k: v for k, v in r.items() if k != "probabilities"}
-                | {f"p_{label}": p for label, p in r["probabilities"].items()} for r in rows]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["path"])
-            writer.writeheader()
-            writer.writerows(flat)
-    else:
-        raise GmptlError(f"--out {path}: use a .csv or .jsonl file")
+        return
+    flat = [{k: v for k, v in r.items() if k != "probabilities"}
+            | {f"p_{label}": p for label, p in r["probabilities"].items()} for r in rows]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["path"])
+        writer.writeheader()
+        writer.writerows(flat)
 
 
 def write_track(track, path: Path) -> None:
     """One CSV row per frame: its start time and its pseudo-label at every scale."""
-    import csv
-
     scales = sorted(track[0].labels) if track else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -200,7 +197,6 @@ def write_track(track, path: Path) -> None:
 
 
 def load_recognizer(args):
-    """The model of ``predict`` and ``serve``, with their --backend and --precision."""
     from .inference import load
 
     if args.precision != "fp32" and args.backend != "torch":
@@ -319,7 +315,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="show what a corpus directory or manifest holds, and its folds")
+    p = command(sub, "data", cmd_data, help="show what a corpus directory or manifest holds, and its folds")
     p.add_argument("--corpus", required=True, help="iemocap, ravdess, emodb, cremad or manifest")
     p.add_argument("--root", required=True, help="the corpus directory (a CSV/JSONL file for 'manifest')")
     p.add_argument("--classes", help="comma-separated label subset, in this order (e.g. neutral,happy,sad,angry)")
@@ -327,40 +323,43 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=float, default=crop,
                    help=f"training crop in seconds to assess (data.max_seconds; default {crop:g})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_data)
 
     add_training_commands(sub)
     add_model_commands(sub)
-    p = sub.add_parser("download", help="fetch a public corpus (RAVDESS), check it, unpack it; resumable")
+    p = command(sub, "download", cmd_download, help="fetch a public corpus (RAVDESS), check it, unpack it; resumable")
     p.add_argument("corpus", choices=("ravdess",), help="the corpus")
     p.add_argument("--dest", required=True, help="directory to download and unpack into")
     p.add_argument("--url", help="another address (a mirror) for the same archive")
     p.add_argument("--md5", help="expected md5 of the archive (default: the published one)")
-    p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("encoders", help="list the speech encoders available here and how to get the others")
+    p = command(sub, "encoders", cmd_encoders, help="list the speech encoders available here and how to get the others")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("config", help="every config option with its default and meaning, or a resolved config")
+    p = command(sub, "config", cmd_config, help="every config option with its default and meaning, or a resolved config")
     p.add_argument("--list", action="store_true", help="every option, its default and what it does")
     p.add_argument("--markdown", action="store_true", help="with --list: as a Markdown table")
     p.add_argument("--config", help="YAML config to resolve (default: the defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
-    p.set_defaults(func=cmd_config)
     return parser
+
+
+def command(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which ``func(args)`` runs."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_training_commands(sub) -> None:
     """cv, reproduce, sweep, compare, train."""
-    p = sub.add_parser("cv", help="cross-validate a system (GMP-TL by default) fold by fold, resumable")
+    p = command(sub, "cv", cmd_cv, help="cross-validate a system (GMP-TL by default) fold by fold, resumable")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.lr=3e-4")
     p.add_argument("--folds", help="comma-separated fold numbers (default: all)")
     p.add_argument("--out", help="run directory (default: runs/<config name>); rerun to resume")
-    p.set_defaults(func=cmd_cv)
 
-    p = sub.add_parser("reproduce", help="the paper's comparison and ablations on a corpus, every fold, resumable")
+    p = command(sub, "reproduce", cmd_reproduce,
+                help="the paper's comparison and ablations on a corpus, every fold, resumable")
     p.add_argument("recipe", choices=("ravdess",), help="the benchmark (RAVDESS, 8 classes and the 4-class subset)")
     p.add_argument("--root", required=True, help="the corpus directory")
     p.add_argument("--out", help="run directory (default runs/reproduce-RECIPE); rerun to resume")
@@ -372,9 +371,8 @@ def add_training_commands(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value for every system")
     p.add_argument("--report-only", action="store_true", help="write the results of the folds finished so far, run nothing")
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("sweep", help="settings chosen on validation speakers: a grid of configs on every fold")
+    p = command(sub, "sweep", cmd_sweep, help="settings chosen on validation speakers: a grid of configs on every fold")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value in every config")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
@@ -389,32 +387,28 @@ def add_training_commands(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/sweep-<config name>); rerun to resume")
     p.add_argument("--report-only", action="store_true", help="write sweep.json from the folds finished so far")
     p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("compare", help="is run A better than run B? paired test over the test speakers",
-                       description="gmptl compare A B: paired difference of two runs over their test speakers. "
-                                   "gmptl compare A1 A2 ... --vs B1 B2 ...: each side the mean of its replicate "
-                                   "runs (seeds, reruns; the counts may differ).")
+    p = command(sub, "compare", cmd_compare, help="is run A better than run B? paired test over the test speakers",
+                description="gmptl compare A B: paired difference of two runs over their test speakers. "
+                            "gmptl compare A1 A2 ... --vs B1 B2 ...: each side the mean of its replicate "
+                            "runs (seeds, reruns; the counts may differ).")
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="run directories (gmptl cv --out, or one system or sweep config directory): A and B, "
                         "or A's replicates when --vs is given")
     p.add_argument("--vs", nargs="+", metavar="RUN", help="B's replicate runs, tested on the same folds")
     p.add_argument("--rounds", type=int, default=10000, help="bootstrap and permutation rounds (default 10000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("train", help="train a system on a whole corpus (or one fold) into a model directory")
+    p = command(sub, "train", cmd_train, help="train a system on a whole corpus (or one fold) into a model directory")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--fold", type=int, help="train on this fold's training speakers and test on its own")
     p.add_argument("--out", required=True, help="run directory; the model lands in OUT/model; rerun to resume")
-    p.set_defaults(func=cmd_train)
-
 
 
 def add_model_commands(sub) -> None:
     """predict, serve, export: using a trained model."""
-    p = sub.add_parser("predict", help="emotion of audio files, or of a long recording over time")
+    p = command(sub, "predict", cmd_predict, help="emotion of audio files, or of a long recording over time")
     p.add_argument("model", help="a model directory (gmptl train OUT/model, or a gmptl cv fold's model)")
     p.add_argument("paths", nargs="+", help="audio files, directories (searched recursively) or globs")
     p.add_argument("--out", help="write CSV or JSONL (by suffix) instead of the table")
@@ -429,22 +423,18 @@ def add_model_commands(sub) -> None:
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast, faster; needs a CPU with native bf16 (torch backend)")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="an HTTP service: POST audio to /v1/predict (docs at /docs)")
+    p = command(sub, "serve", cmd_serve, help="an HTTP service: POST audio to /v1/predict (docs at /docs)")
     p.add_argument("model", help="a model directory (or an .onnx file with --backend onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads answer 413 (default 50)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as for predict")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as for predict")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export a model directory to ONNX (dynamic batch and length)")
+    p = command(sub, "export", cmd_export, help="export a model directory to ONNX (dynamic batch and length)")
     p.add_argument("model", help="a model directory")
     p.add_argument("--onnx", help="output file (default MODEL/model.onnx)")
-    p.set_defaults(func=cmd_export)
-
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ from .corpora import configured_corpus
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
-from .utils import atomic_json, check_precision
+from .utils import atomic_json, check_precision, figure
 
 log = logging.getLogger(__name__)
 
@@ -31,36 +31,24 @@ def fold_means(results: list[dict], metrics=("war", "uar", "f1")) -> dict:
 
 def summarize_folds(results: list[dict], labels: list[str]) -> dict:
     """Mean and standard deviation over folds of WAR, UAR, F1; summed confusion matrix."""
-    out = {"folds": [{k: r[k] for k in ("fold", "war", "uar", "f1", "n")} for r in results], **fold_means(results)}
-    out["recall_mean"] = {label: float(np.mean([r["recall"][label] for r in results if label in r["recall"]]))
-                          for label in labels if any(label in r["recall"] for r in results)}
-    out["confusion"] = np.sum([np.array(r["confusion"]) for r in results], axis=0).tolist()
-    out["labels"] = labels
-    return out
+    return {"folds": [{k: r[k] for k in ("fold", "war", "uar", "f1", "n")} for r in results], **fold_means(results),
+            "recall_mean": {label: float(np.mean([r["recall"][label] for r in results if label in r["recall"]]))
+                            for label in labels if any(label in r["recall"] for r in results)},
+            "confusion": np.sum([np.array(r["confusion"]) for r in results], axis=0).tolist(), "labels": labels}
 
 
 def plot_confusion(confusion, labels: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (recall per true class) with counts."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     m = np.asarray(confusion, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(labels) + 2, 1.0 * len(labels) + 1.5))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, f"{100 * norm[i, j]:.0f}\n({int(m[i, j])})", ha="center", va="center", fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(1.1 * len(labels) + 2, 1.0 * len(labels) + 1.5)) as (_, ax):
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), share in np.ndenumerate(norm):
+            ax.text(j, i, f"{100 * share:.0f}\n({int(m[i, j])})", ha="center", va="center", fontsize=8,
+                    color="white" if share > 0.5 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set(xlabel="predicted", ylabel="true", title=title)
 
 
 def format_table(summary: dict) -> str:
@@ -108,11 +96,9 @@ def compare_runs(a: Path | Sequence[Path], b: Path | Sequence[Path], rounds: int
     runs_a, runs_b = ([Path(r)] if isinstance(r, (str, Path)) else [Path(x) for x in r] for r in (a, b))
     if not runs_a or not runs_b:
         raise ConfigError("compare: give at least one run directory on each side")
-    seen = {}
-    for run in runs_a + runs_b:
-        if run.resolve() in seen:
-            raise ConfigError(f"{run}: the same run directory given twice")
-        seen[run.resolve()] = run
+    resolved = [run.resolve() for run in runs_a + runs_b]
+    if twice := next((run for n, run in enumerate(runs_a + runs_b) if resolved[n] in resolved[:n]), None):
+        raise ConfigError(f"{twice}: the same run directory given twice")
     preds = {run: read_fold_predictions(run) for run in runs_a + runs_b}
     for run, found in preds.items():
         if not found:
@@ -127,6 +113,8 @@ def compare_runs(a: Path | Sequence[Path], b: Path | Sequence[Path], rounds: int
     per_run = {run: [] for run in preds}  # each fold's scores
     for k in folds:
         labels, rows_ref = preds[ref][k]
+        index, ids = {c: i for i, c in enumerate(labels)}, sorted(rows_ref)
+        ty = [index[rows_ref[i]["emotion"]] for i in ids]
         for run in preds:
             other_labels, rows = preds[run][k]
             if other_labels != labels:
@@ -135,11 +123,7 @@ def compare_runs(a: Path | Sequence[Path], b: Path | Sequence[Path], rounds: int
                 raise ConfigError(f"fold {k}: {ref} and {run} were tested on different utterances "
                                   f"({len(rows_ref.keys() - rows.keys())} and {len(rows.keys() - rows_ref.keys())} "
                                   "not in the other)")
-        index = {c: i for i, c in enumerate(labels)}
-        ids = sorted(rows_ref)
-        ty = [index[rows_ref[i]["emotion"]] for i in ids]
-        for run in preds:
-            p = [index[preds[run][k][1][i]["predicted"]] for i in ids]
+            p = [index[rows[i]["predicted"]] for i in ids]
             predicted[run] += p
             per_run[run].append(scores(ty, p, labels))
         per_fold.append({"fold": k, "uar_a": float(np.mean([per_run[r][-1]["uar"] for r in runs_a])),
@@ -223,9 +207,8 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
         log.info("fold %d of %s", k, ", ".join(map(str, folds)))
         results.append(run_fold(cfg, corpus, k, out / f"fold{k}"))
     summary = {"corpus": corpus.name, "labels": corpus.labels, "protocol": corpus.protocol, "system": cfg.system,
-               "encoder": cfg.encoder.spec,
-               **summarize_folds(results, corpus.labels), "wall_s": round(time.perf_counter() - start, 1),
-               **provenance()}
+               "encoder": cfg.encoder.spec, **summarize_folds(results, corpus.labels),
+               "wall_s": round(time.perf_counter() - start, 1), **provenance()}
     atomic_json(summary, out / "summary.json")
     if dist.is_main():
         plot_confusion(summary["confusion"], corpus.labels, out / "confusion.png",

@@ -57,11 +57,7 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
     """Add every rank's gradients, one flat buffer (a rank without micro-batches adds zeros)."""
     if not active():
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    for p, summed in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = summed.view_as(p).clone()

@@ -36,8 +36,7 @@ def provenance() -> dict:
     """Commit (of the code at start-up, and whether it was modified), machine and date, for every result file."""
     commit, dirty = code_version()
     import torch
-    machine = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
-    if torch.cuda.is_available():
-        machine += f", {torch.cuda.get_device_name()}"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    machine = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads{gpu}"
     return {"commit": commit, "modified": dirty, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "python": platform.python_version(), "torch": torch.__version__}

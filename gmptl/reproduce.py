@@ -27,10 +27,11 @@ from pathlib import Path
 from .config import Config, load_config
 from .corpora import configured_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means, plot_confusion, summarize_folds
+from .encoders import build_encoder
 from .errors import ConfigError
 from .pipeline import run_fold
 from .provenance import provenance
-from .utils import atomic_json, check_precision
+from .utils import atomic_json, check_precision, figure
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,9 @@ def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = []
-    for i in range(jobs):
-        mine = folds[i::jobs]
-        if not mine:
-            continue
+    for i in range(min(jobs, len(folds))):  # a worker for every share that has a fold
         with open(logs / f"worker{i}.log", "a") as f:
-            procs.append(subprocess.Popen([sys.executable, "-m", "gmptl", *args_for(mine)], env=env,
+            procs.append(subprocess.Popen([sys.executable, "-m", "gmptl", *args_for(folds[i::jobs])], env=env,
                                           stdout=f, stderr=subprocess.STDOUT))
     # SIGTERM (kill, timeout, a scheduler) ends the workers too; their checkpoints are atomic, so a rerun resumes.
     main_thread = threading.current_thread() is threading.main_thread()
@@ -116,8 +114,7 @@ def spawn_workers(args_for, jobs: int, folds: list[int], out: Path) -> None:
         failed = [p.args for p in procs if p.wait() != 0]
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
+            p.terminate()  # nothing for one that has ended
         for p in procs:
             p.wait()
         if main_thread:
@@ -140,13 +137,10 @@ def collect(out: Path, plan: list[System], folds: list[int]) -> dict[str, list[d
 def paired_against(out: Path, chosen: list[System], reference: str = "finetune-ce") -> dict:
     """Every system against ``reference`` on their common folds (``cv.compare_runs``): the difference
     of the tables' means, its 95 % interval over the test speakers and the permutation p-value."""
-    ref = next((s for s in chosen if s.name == reference), None)
-    if ref is None:
+    if not (ref := next((s for s in chosen if s.name == reference), None)):
         return {}
     paired = {}
-    for s in chosen:
-        if s is ref:
-            continue
+    for s in [s for s in chosen if s is not ref]:
         try:
             c = compare_runs(out / s.key, out / ref.key)
         except ConfigError:  # no predictions (fold results only) or no common fold: nothing to pair
@@ -165,22 +159,20 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
     if not chosen:
         return None
     dest.mkdir(parents=True, exist_ok=True)
-    prov = provenance()
-    entries, commits, machines = {}, set(), set()
+    prov, entries = provenance(), {}
+    runs = [r["provenance"] for s in chosen for r in results[s.key] if r.get("provenance")]
     for s in chosen:
         rs = sorted(results[s.key], key=lambda r: r["fold"])
         summary = summarize_folds(rs, labels)
-        commits.update(r["provenance"]["commit"] for r in rs if r.get("provenance"))
-        machines.update(r["provenance"]["machine"] for r in rs if r.get("provenance"))
-        entries[s.name] = {"table": s.table, "folds": [{k: f[k] for k in ("fold", "war", "uar", "f1")}
-                                                       for f in summary["folds"]],
+        entries[s.name] = {"table": s.table, "folds": [{k: r[k] for k in ("fold", "war", "uar", "f1")} for r in rs],
                            **{k: summary[k] for k in ("war_mean", "war_std", "uar_mean", "uar_std",
                                                       "f1_mean", "f1_std", "recall_mean", "confusion")},
                            "wall_s": round(sum(r.get("compute_s", r.get("wall_s", 0.0)) for r in rs), 1),
                            "command": command + ("" if s.table == "main" else f" --systems {s.name}")}
     summary = {"corpus": recipe, "classes": labels, "encoder": encoder, "protocol": RECIPES[recipe]["protocol"],
                "commit": prov["commit"], "date": prov["date"], "machine": prov["machine"],
-               "runs": {"commits": sorted(c for c in commits if c), "machines": sorted(machines)},
+               "runs": {"commits": sorted({r["commit"] for r in runs if r["commit"]}),
+                        "machines": sorted({r["machine"] for r in runs})},
                "pseudo_layer": pseudo_layer, "systems": entries,
                **({"paired": p} if out and (p := paired_against(out, chosen)) else {})}
     atomic_json(summary, dest / "summary.json")
@@ -198,10 +190,9 @@ def write_results(recipe: str, plan: list[System], results: dict[str, list[dict]
 
 def results_readme(summary: dict, command: str) -> str:
     """The results page, generated from ``summary`` (so the two never disagree)."""
-    systems = summary["systems"]
-    classes = len(summary["classes"])
-    lines = [f"# {summary['corpus']}, {classes} classes ({', '.join(summary['classes'])}): "
-             f"{summary['encoder']}", "",
+    systems, classes = summary["systems"], summary["classes"]
+    widest = max(systems.values(), key=lambda e: len(e["folds"]))["folds"]
+    lines = [f"# {summary['corpus']}, {len(classes)} classes ({', '.join(classes)}): {summary['encoder']}", "",
              "Generated by `gmptl reproduce` from the fold results; do not edit by hand "
              "(see NOTES.md beside it, where present, for what was tried and why).", "",
              f"- Protocol: {summary['protocol']}.",
@@ -218,11 +209,9 @@ def results_readme(summary: dict, command: str) -> str:
         lines += ["## gmp-tl: confusion matrix (summed over folds, rows normalised)", "",
                   "![confusion](confusion_gmp-tl.png)", ""]
     lines += ["## UAR per fold", "", "![folds](folds.png)", "", "## Per-fold values", "",
-              "| system | " + " | ".join(f"fold {f['fold']} UAR" for f in max(
-                  systems.values(), key=lambda e: len(e["folds"]))["folds"]) + " |",
-              "| --- |" + " --- |" * max(len(e["folds"]) for e in systems.values())]
-    for name, e in systems.items():
-        lines.append(f"| {name} | " + " | ".join(f"{f['uar']:.2f}" for f in e["folds"]) + " |")
+              "| system | " + " | ".join(f"fold {f['fold']} UAR" for f in widest) + " |",
+              "| --- |" + " --- |" * len(widest)]
+    lines += [f"| {name} | " + " | ".join(f"{f['uar']:.2f}" for f in e["folds"]) + " |" for name, e in systems.items()]
     lines += ["", "## Commands", ""] + [f"- {name}: `{e['command']}`" for name, e in systems.items()]
     return "\n".join(lines) + "\n"
 
@@ -250,52 +239,35 @@ def format_paired(summary: dict) -> list[str]:
 
 def plot_paired(paired: dict, path: Path, title: str) -> None:
     """Each system's UAR difference to the reference with its 95 % interval, one row per system."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(paired["systems"])[::-1]
-    rows = [paired["systems"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(6.5, 0.38 * len(names) + 1.3))
-    for i, c in enumerate(rows):
-        lo, hi = c["uar_ci"]
-        color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
-        ax.plot([lo, hi], [i, i], color=color, lw=2)
-        ax.plot(c["uar_diff"], i, "o", color=color)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel(f"UAR minus {paired['reference']} (points), 95 % interval over test speakers")
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6.5, 0.38 * len(names) + 1.3)) as (_, ax):
+        for i, name in enumerate(names):
+            c = paired["systems"][name]
+            lo, hi = c["uar_ci"]
+            color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+            ax.plot([lo, hi], [i, i], color=color, lw=2)
+            ax.plot(c["uar_diff"], i, "o", color=color)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel=f"UAR minus {paired['reference']} (points), 95 % interval over test speakers", title=title)
+        ax.grid(axis="x", alpha=0.3)
 
 
 def plot_folds(entries: dict, path: Path, title: str) -> None:
     """UAR of each main system on each fold, as grouped bars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     main = {name: e for name, e in entries.items() if e["table"] == "main"}
     folds = sorted({f["fold"] for e in main.values() for f in e["folds"]})
     if not folds:
         return
-    fig, ax = plt.subplots(figsize=(1.4 * len(folds) + 3, 3.6))
-    width = 0.8 / max(len(main), 1)
-    for i, (name, e) in enumerate(main.items()):
-        uar = {f["fold"]: f["uar"] for f in e["folds"]}
-        xs = [j + i * width for j, k in enumerate(folds) if k in uar]
-        ax.bar(xs, [uar[k] for k in folds if k in uar], width, label=f"{name} ({e['uar_mean']:.1f})")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(folds))], [f"fold {k}" for k in folds])
-    ax.set_ylabel("UAR (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    width = 0.8 / len(main)
+    with figure(path, figsize=(1.4 * len(folds) + 3, 3.6)) as (_, ax):
+        for i, (name, e) in enumerate(main.items()):
+            uar = {f["fold"]: f["uar"] for f in e["folds"]}
+            xs = [j + i * width for j, k in enumerate(folds) if k in uar]
+            ax.bar(xs, [uar[k] for k in folds if k in uar], width, label=f"{name} ({e['uar_mean']:.1f})")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(folds))], [f"fold {k}" for k in folds])
+        ax.set(ylabel="UAR (%)", ylim=(0, 100), title=title)
+        ax.legend(fontsize=8, loc="lower right")
 
 
 def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[str] | None = None,
@@ -305,76 +277,68 @@ def reproduce(recipe: str, root: str, out: Path, results_dir: Path, names: list[
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(RECIPES)})")
     base = Path(config) if config else RECIPES[recipe]["config"]
-    user = list(overrides)
-    overrides = [*user, f"data.root={root}"]
+    subset = RECIPES[recipe]["subset"]
+    user, overrides = list(overrides), [*overrides, f"data.root={root}"]
     cfg = load_config(base, overrides)
     corpus = configured_corpus(cfg.data)
     folds = check_folds(corpus, folds)
-    from .encoders import build_encoder
     every = systems(build_encoder(cfg.encoder.spec).num_layers)
     known = sorted({s.name for s in every})
     if names and (bad := [n for n in names if n not in known]):
         raise ConfigError(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
     plan = [s for s in every if not names or s.name in names]
     for system in plan if run else []:  # refused before any work, not when a worker reaches the system
-        planned = system_config(base, system, overrides, RECIPES[recipe]["subset"])
+        planned = system_config(base, system, overrides, subset)
         check_precision(planned.train.device, planned.train.precision)
     out.mkdir(parents=True, exist_ok=True)
-    if not run:
-        pass  # --report-only: write the results of what is there
-    elif jobs > 1 and len(folds) > 1:
+    if run and jobs > 1 and len(folds) > 1:
         def args_for(mine):
-            return (["reproduce", recipe, "--root", root, "--out", str(out), "--folds", ",".join(map(str, mine)),
-                     "--no-report"] + (["--systems", ",".join(names)] if names else [])
-                    + (["--config", config] if config else []) + [a for o in user for a in ("--set", o)])
+            return ["reproduce", recipe, "--root", root, "--out", str(out), "--folds", ",".join(map(str, mine)),
+                    "--no-report", *(["--systems", ",".join(names)] if names else []),
+                    *(["--config", config] if config else []), *[a for o in user for a in ("--set", o)]]
         spawn_workers(args_for, jobs, folds, out)
-    else:
+    elif run:  # not with --report-only, which writes the results of what is there
         run_worker(recipe, base, out, plan, folds, overrides)
     if not report:
         return {}
     found = collect(out, plan, folds)
     command = command or f"gmptl reproduce {recipe} --root {root}"
-    subset_labels = RECIPES[recipe]["subset"]
-    return {"all": write_results(recipe, plan, found, results_dir, False, command, cfg.encoder.spec, corpus.labels,
-                                 cfg.pseudo.layer, out),
-            "subset": write_results(recipe, plan, found, results_dir.with_name(results_dir.name + str(len(subset_labels))),
-                                    True, command, cfg.encoder.spec, subset_labels, cfg.pseudo.layer, out)}
+    return {key: write_results(recipe, plan, found, dest, key == "subset", command, cfg.encoder.spec, labels,
+                               cfg.pseudo.layer, out)
+            for key, labels, dest in (("all", corpus.labels, results_dir),
+                                      ("subset", subset, results_dir.with_name(f"{results_dir.name}{len(subset)}")))}
 
 
 def format_tables(summary: dict) -> str:
     """Markdown tables of a results summary: main comparison, Table 2, Table 3."""
-    lines, layer = [], summary.get("pseudo_layer", -3)
+    lines, layer, systems = [], summary.get("pseudo_layer", -3), summary["systems"]
+    gmp = systems.get("gmp-tl")
     titles = {"main": "Main comparison", "table2": "Table 2: pseudo-label and fine-tuning variants",
               "table3": "Table 3: clustered layer of the stage-1 encoder (GMP-TL)"}
     for table, title in titles.items():
-        rows = {n: e for n, e in summary["systems"].items() if e["table"] == table}
+        rows = {n: e for n, e in systems.items() if e["table"] == table}
         if not rows:
             continue
         lines += [f"### {title}", "", "| system | folds | WAR (%) | UAR (%) | compute (min) |",
                   "| --- | --- | --- | --- | --- |"]
-        for name, e in rows.items():
-            folds = ",".join(str(f["fold"]) for f in e["folds"])
-            lines.append(f"| {name} | {folds} | {e['war_mean']:.2f} ± {e['war_std']:.2f} | "
-                         f"{e['uar_mean']:.2f} ± {e['uar_std']:.2f} | {e['wall_s'] / 60:.1f} |")
-        if table != "main" and (ref := same_folds(summary["systems"].get("gmp-tl"), rows)):
-            lines.append(f"| gmp-tl (layer {layer}), same folds | {ref['folds']} | {ref['war_mean']:.2f} ± "
-                         f"{ref['war_std']:.2f} | {ref['uar_mean']:.2f} ± {ref['uar_std']:.2f} | |")
+        lines += [table_row(name, e["folds"], e) + f" {e['wall_s'] / 60:.1f} |" for name, e in rows.items()]
+        covered = {f["fold"] for e in rows.values() for f in e["folds"]}
+        if table != "main" and gmp and covered != {f["fold"] for f in gmp["folds"]} \
+                and (same := [f for f in gmp["folds"] if f["fold"] in covered]):
+            # An ablation run on fewer folds is set beside gmp-tl's means over those folds.
+            means = fold_means(same, ("war", "uar"))
+            lines.append(table_row(f"gmp-tl (layer {layer}), same folds", same, means) + " |")
         lines.append("")
-        if table == "table3" and (same := rows.get(f"layer{layer}")) and (ref := summary["systems"].get("gmp-tl")):
+        if table == "table3" and (own := rows.get(f"layer{layer}")) and gmp:
             # One run shares gmp-tl's steps (equal rows); runs apart (another machine) may differ.
-            equal = {(f["fold"], f["uar"]) for f in same["folds"]} <= {(f["fold"], f["uar"]) for f in ref["folds"]}
+            equal = {(f["fold"], f["uar"]) for f in own["folds"]} <= {(f["fold"], f["uar"]) for f in gmp["folds"]}
             lines += [f"`layer{layer}` is `gmp-tl`'s own configuration (it clusters layer {layer})"
                       + (": the same steps, so the same figures." if equal else
                          ", run again: the gap between the two rows is run-to-run variation."), ""]
     return "\n".join(lines)
 
 
-def same_folds(reference: dict | None, rows: dict) -> dict | None:
-    """``reference``'s means over only the folds ``rows`` cover, when an ablation ran on fewer folds."""
-    covered = {f["fold"] for e in rows.values() for f in e["folds"]}
-    if not reference or covered == {f["fold"] for f in reference["folds"]}:
-        return None
-    folds = [f for f in reference["folds"] if f["fold"] in covered]
-    if not folds:
-        return None
-    return {"folds": ",".join(str(f["fold"]) for f in folds), **fold_means(folds, ("war", "uar"))}
+def table_row(name: str, folds: list[dict], means: dict) -> str:
+    """``| name | folds | WAR | UAR |``: a row of ``format_tables`` without its compute cell."""
+    return (f"| {name} | {','.join(str(f['fold']) for f in folds)} | {means['war_mean']:.2f} ± "
+            f"{means['war_std']:.2f} | {means['uar_mean']:.2f} ± {means['uar_std']:.2f} |")
