@@ -10,6 +10,7 @@ machine and date. See bench/README.md for what each figure means.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -495,6 +496,84 @@ def training_step_variants(args, dev: torch.device, specs, variants, batch: int)
         if "bf16+ckpt" in rows and dev.type == "cuda":
             out[spec]["ckpt_memory_ratio"] = round(rows["bf16+ckpt"]["peak_gb"] / rows["bf16"]["peak_gb"], 2)
         del model
+    return out
+
+
+def tree_pss_kb(pid: int) -> int:
+    """Proportional set size of a process and its descendants (DataLoader workers share pages with it)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += int(next(l for l in open(f"/proc/{p}/smaps_rollup") if l.startswith("Pss:")).split()[1])
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+        except (OSError, StopIteration):
+            continue
+    return total
+
+
+def bench_train_memory(args, work: Path) -> dict:
+    """One epoch of stage 1 (tiny random encoder, ``gmptl train --fold 1``) on a generated corpus of
+    20 hours: peak memory of the process and its workers with the default data settings (decoded on
+    demand) beside every split held in memory, as gmptl did before (``data.cache_mb`` very large)."""
+    root = work / "train_memory"
+    manifest = root / "manifest.csv"
+    clips, seconds = 10_300, 7.0  # 20.0 h
+    if not manifest.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        bank = [(0.1 * rng.standard_normal(int(seconds * 16000)) * np.linspace(0.2, 1, int(seconds * 16000)))
+                .astype(np.float32) for _ in range(64)]
+        rows = ["path,emotion,gender,speaker,fold"]
+        for i in range(clips):
+            s = i % 20
+            sf.write(root / f"{i}.wav", bank[i % 64], 16000, subtype="PCM_16")
+            rows.append(f"{i}.wav,{('neutral', 'happy', 'sad', 'angry')[i % 4]},{'fm'[s % 2]},spk{s},{s % 5 + 1}")
+        (root / "manifest.tmp").write_text("\n".join(rows) + "\n")
+        (root / "manifest.tmp").replace(manifest)
+    out = {"audio_h": round(clips * seconds / 3600, 2)}
+    for name, extra in (("on_demand", []), ("in_memory", ["--set", "data.cache_mb=1000000"])):
+        cmd = [sys.executable, "-m", "gmptl", "train", "--config", str(REPO / "configs" / "tiny.yaml"), "--fold", "1",
+               "--set", f"data.root={manifest}", "--set", "system=finetune", "--set", "stage1.epochs=1",
+               "--set", "data.max_seconds=4", "--set", "data.eval_max_seconds=8", *extra,
+               "--out", str(work / f"train_memory_{name}")]
+        shutil.rmtree(work / f"train_memory_{name}", ignore_errors=True)
+        start, peak = time.perf_counter(), 0
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            peak = max(peak, tree_pss_kb(proc.pid))
+            time.sleep(0.2)
+        if proc.returncode:
+            raise RuntimeError(f"{name}: {proc.stderr.read()[-2000:]}")
+        out[name] = {"peak_gb": round(peak / 2**20, 3), "wall_s": round(time.perf_counter() - start, 1)}
+    out.update(ratio=round(out["in_memory"]["peak_gb"] / out["on_demand"]["peak_gb"], 2),
+               target="on_demand peak_gb <= 1.5 (peak PSS of the process and its DataLoader workers)")
+    return out
+
+
+def bench_train_throughput(args, work: Path) -> dict:
+    """RAVDESS training throughput through ``train.fit`` (Whisper tiny.en, stage 1, 4 s crops, 2 actors,
+    one epoch): held in memory (the default for a corpus this size, and what gmptl always did) beside
+    decoded on demand by DataLoader workers."""
+    from gmptl.config import load_config
+    from gmptl.pipeline import classifier, new_encoder, stage1_loss
+    from gmptl.train import Stage, fit, training_batches
+
+    corpus = load_corpus("ravdess", args.ravdess)
+    utts = [u for u in corpus.utterances if u.speaker in ("Actor_01", "Actor_02")]
+    out = {}
+    for name, cache, workers in (("in_memory", 512, 0), ("on_demand", 0, None)):
+        cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", ["stage1.epochs=1", "train.patience=1"])
+        data = AudioSet(utts, corpus.labels, name, cache_mb=cache, workers=workers)
+        torch.manual_seed(0)
+        model = classifier(cfg, new_encoder(cfg), len(corpus.labels), gender=True, kind="linear")
+        stage = Stage("stage1", model, stage1_loss(0.9), lambda m: {"score": 0.0}, 1)
+        summary = fit(stage, training_batches(data, cfg.train, 4.0), cfg.train, work / f"throughput_{name}")
+        shutil.rmtree(work / f"throughput_{name}")
+        out[name] = summary["history"][0]["train_audio_s_per_s"]
+    out.update(ratio=round(out["on_demand"] / out["in_memory"], 2), workers=AudioSet([], []).workers,
+               target="in_memory (the default here) >= today's code, which held every split in memory")
     return out
 
 

@@ -34,6 +34,8 @@ class DataConfig:
                                        # different speakers (False: one seed, the same speakers recur)
     max_seconds: float = 4.0           # training crop (ours: 4 s keeps a CPU epoch near 90 s)
     eval_max_seconds: float = 30.0     # evaluation sees whole utterances up to this
+    cache_mb: float = 512              # a split whose decoded audio fits this (230 MB an hour) is held in memory;
+                                       # a larger one is decoded batch by batch by train.workers processes
 
 
 @dataclass
@@ -95,6 +97,22 @@ class ProbeConfig:
 
 
 @dataclass
+class AugmentConfig:
+    speed: list[float] = field(default_factory=lambda: [1.0])  # speed factors, one drawn per training crop
+                                       # (Kaldi, SpeechBrain: [0.9, 1.0, 1.1]); [1.0]: off
+    noise_dir: str = ""                # noise recordings (any depth, e.g. MUSAN's noise/) added to training crops
+    noise_snr: list[float] = field(default_factory=lambda: [5.0, 20.0])  # SNR range in dB, drawn uniformly
+    noise_prob: float = 0.5            # share of training crops that get noise (with noise_dir)
+    rir_dir: str = ""                  # room impulse responses convolved with training crops
+    rir_prob: float = 0.5              # share of training crops reverberated (with rir_dir)
+    time_mask_prob: float = 0.0        # SpecAugment time masks on encoder input frames in stages 1 and 3, as
+                                       # transformers' mask_time_prob (fine-tuning configs: 0.05); 0: off
+    time_mask_span: int = 10           # frames per time mask (transformers' mask_time_length)
+    freq_mask_prob: float = 0.0        # Whisper only: masks of log-mel bins (transformers' mask_feature_prob)
+    freq_mask_span: int = 10           # mel bins per frequency mask (of 80)
+
+
+@dataclass
 class TrainConfig:
     lr: float = 1e-4                   # Adam (paper)
     head_lr: float | None = None       # None: same as lr
@@ -111,6 +129,7 @@ class TrainConfig:
                                        # not the best epoch's alone (checkpoint averaging); 1: the best epoch; ours
     crossfit: bool = False             # also score stages 1 and 3 by each validation speaker predicted with the
                                        # epochs the other validation speakers choose (no best-score bias); ours
+    workers: int | None = None         # processes decoding a split too large for data.cache_mb; None: min(4, cores)
     seed: int = 0                      # initial weights, batch order and crops, masks, dropout, validation speakers
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N
     precision: str = "fp32"            # fp32 | bf16 (autocast on CUDA or CPU; the log-mel and cosines stay fp32)
@@ -128,6 +147,7 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -152,6 +172,15 @@ class Config:
             (self.train.batch_size % self.train.micro_batch == 0,
              "train.batch_size must be a multiple of train.micro_batch"),
             (0.0 < self.data.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)"),
+            (self.data.cache_mb >= 0, "data.cache_mb must be >= 0"),
+            (bool(self.augment.speed) and all(0.5 <= f <= 2.0 for f in self.augment.speed),
+             "augment.speed must be factors in [0.5, 2]"),
+            (len(self.augment.noise_snr) == 2 and self.augment.noise_snr[0] <= self.augment.noise_snr[1],
+             "augment.noise_snr must be [low, high] in dB"),
+            (all(0.0 <= p <= 1.0 for p in (self.augment.noise_prob, self.augment.rir_prob, self.augment.time_mask_prob,
+                                            self.augment.freq_mask_prob)), "augment.*_prob must be in [0, 1]"),
+            (min(self.augment.time_mask_span, self.augment.freq_mask_span) >= 1, "augment.*_span must be >= 1"),
+            (self.train.workers is None or self.train.workers >= 0, "train.workers must be >= 0"),
             (self.train.precision in ("fp32", "bf16"), "train.precision must be 'fp32' or 'bf16'"),
             (self.train.device == "auto" or self.train.device == "cpu" or self.train.device.startswith("cuda"),
              "train.device must be auto, cpu, cuda or cuda:N"),

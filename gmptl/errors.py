@@ -12,6 +12,9 @@ class AudioError(GmptlError):
         self.path, self.reason = str(path), reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # rebuilt whole when a DataLoader worker sends it back
+        return AudioError, (self.path, self.reason)
+
 
 class CorpusError(GmptlError):
     """A corpus directory or manifest that cannot be read."""

@@ -34,10 +34,13 @@ class UtteranceClassifier(nn.Module):
         encoder_ids = {id(p) for p in self.encoder.parameters()}
         return [p for p in self.parameters() if id(p) not in encoder_ids]
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> dict:
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                feature_mask: torch.Tensor | None = None) -> dict:
         """Returns ``emotion`` (B, C) logits or cosines, ``gender`` (B, 2) logits or None,
-        and ``pooled`` (B, 2 * lstm_hidden) utterance features."""
-        out = self.encoder(waves, lengths)
+        and ``pooled`` (B, 2 * lstm_hidden) utterance features. ``frame_mask``, ``feature_mask``:
+        SpecAugment-style masks of the encoder's input in training (``augment.spec_masks``)."""
+        out = self.encoder(waves, lengths, frame_mask, **({"feature_mask": feature_mask} if feature_mask is not None
+                                                          else {}))
         pooled = self.pool(self.layer(out.hidden_states), out.lengths)
         emotion = self.emotion(pooled)
         if self.classifier == "amsoftmax":

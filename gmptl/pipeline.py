@@ -16,7 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from . import dist, losses
-from .config import Config
+from .augment import Augment, spec_masks
+from .config import AugmentConfig, Config
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
 from .encoders import build_encoder
@@ -81,16 +82,16 @@ def classification_eval(data: AudioSet, max_seconds: float, select: str = "uar",
     return evaluate
 
 
-def stage1_loss(alpha: float):
+def stage1_loss(alpha: float, augment: AugmentConfig = AugmentConfig()):
     def loss(model, batch: Batch, rng) -> torch.Tensor:
-        out = model(batch.waves, batch.lengths)
+        out = model(batch.waves, batch.lengths, **spec_masks(model.encoder, batch.lengths, augment, rng))
         return losses.multitask_loss(out["emotion"], out["gender"], batch.emotion, batch.gender, alpha)
     return loss
 
 
-def stage3_loss(kind: str, s: float, m: float):
+def stage3_loss(kind: str, s: float, m: float, augment: AugmentConfig = AugmentConfig()):
     def loss(model, batch: Batch, rng) -> torch.Tensor:
-        out = model(batch.waves, batch.lengths)["emotion"]
+        out = model(batch.waves, batch.lengths, **spec_masks(model.encoder, batch.lengths, augment, rng))["emotion"]
         return losses.am_softmax_loss(out, batch.emotion, s, m) if kind == "amsoftmax" else F.cross_entropy(out, batch.emotion)
     return loss
 
@@ -120,7 +121,7 @@ STEPS = ("stage1", "pseudo", "stage2", "stage3")
 # Bump a step's version when a code change alters what it computes (its weights, labels or figures): every
 # directory of that step and of the steps after it gets a new key, so an old one is recomputed, never patched.
 VERSIONS = {"stage1": 1, "pseudo": 1, "stage2": 1, "stage3": 1}
-HOW = {"data": ("root",), "train": ("device", "checkpointing")}  # where the data lies, how a step runs
+HOW = {"data": ("root", "cache_mb"), "train": ("device", "checkpointing", "workers")}  # where data lies, how steps run
 
 
 def step_keys(cfg: Config, key: str = "") -> dict[str, str]:
@@ -135,6 +136,8 @@ def step_keys(cfg: Config, key: str = "") -> dict[str, str]:
         for name in names:
             c[section].pop(name)
     keys, depends = {}, {"key": key, **{s: c[s] for s in ("data", "encoder", "head", "train")}}
+    if c["augment"] != AugmentConfig().__dict__:  # keys made before augmentation existed stay as they were
+        depends["augment"] = c["augment"]
     for step in STEPS:
         depends = {**depends, step: c[step], f"{step}_version": VERSIONS[step]}
         keys[step] = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:12]
@@ -179,9 +182,10 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     torch.manual_seed(cfg.train.seed * 10 + 1)  # initial weights: a resumed run rebuilds the same model
     model = classifier(cfg, new_encoder(cfg), C, gender=cfg.stage1.alpha < 1.0, kind="linear")
     batches = training_batches(train, cfg.train, d.max_seconds)
-    stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha),
+    augmented = training_batches(train, cfg.train, d.max_seconds, augment=True)  # stages 1 and 3 only
+    stages["stage1"] = fit(Stage("stage1", model, stage1_loss(cfg.stage1.alpha, cfg.augment),
                                  classification_eval(valid, d.eval_max_seconds, cfg.train.select), cfg.stage1.epochs),
-                           batches, cfg.train, dirs["stage1"])
+                           augmented, cfg.train, dirs["stage1"])
     if cfg.system != "gmp-tl":
         return model, dirs["stage1"] / "best.safetensors", stages
 
@@ -219,23 +223,26 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     s3 = cfg.stage3
     torch.manual_seed(cfg.train.seed * 10 + 3)
     model = classifier(cfg, predictor.encoder, C, gender=False, kind="amsoftmax" if s3.loss == "amsoftmax" else "linear")
-    stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin),
+    stages["stage3"] = fit(Stage("stage3", model, stage3_loss(s3.loss, s3.scale, s3.margin, cfg.augment),
                                  classification_eval(valid, d.eval_max_seconds, cfg.train.select,
                                                      probability_scale(model, {"config": cfg.to_dict()})), s3.epochs),
-                           batches, cfg.train, dirs["stage3"])
+                           augmented, cfg.train, dirs["stage3"])
     return model, dirs["stage3"] / "best.safetensors", stages
 
 
 def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> dict:
     """One line per test utterance in ``out/predictions.jsonl``; returns the test scores."""
+    failed = {e.path for e in test.failed}  # decoded on demand, a file can fail at test time: left out
+    keep = np.array([u.path not in failed for u in test.utterances], dtype=bool)
     pred = emotion_scores.argmax(1)
-    if not dist.is_main():
-        return scores(test.emotion, pred, test.labels)
-    with open(out / "predictions.jsonl", "w") as f:
-        for u, y, p, row in zip(test.utterances, test.emotion, pred, emotion_scores):
-            f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": test.labels[y],
-                                "predicted": test.labels[p], "scores": [round(float(v), 5) for v in row]}) + "\n")
-    return scores(test.emotion, pred, test.labels)
+    if dist.is_main():
+        with open(out / "predictions.jsonl", "w") as f:
+            for u, y, p, row in zip(test.utterances, test.emotion, pred, emotion_scores):
+                if u.path not in failed:
+                    f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": test.labels[y],
+                                        "predicted": test.labels[p],
+                                        "scores": [round(float(v), 5) for v in row]}) + "\n")
+    return scores(test.emotion[keep], pred[keep], test.labels)
 
 
 def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out: Path, info: dict,
@@ -308,12 +315,16 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     start = time.perf_counter()
     log.info("train %d utterances, valid %d (speakers %s), test %d", len(train_utts), len(valid_utts),
              ", ".join(sorted({u.speaker for u in valid_utts})), len(test_utts))
-    train = AudioSet(train_utts, labels, "train")
-    valid = AudioSet(valid_utts, labels, "valid")
+    def audio(utterances, desc: str) -> AudioSet:
+        return AudioSet(utterances, labels, desc, cfg.data.cache_mb, cfg.train.workers)
+
+    train = AudioSet(train_utts, labels, "train", cfg.data.cache_mb, cfg.train.workers,
+                     Augment(cfg.augment) if Augment.wanted(cfg.augment) else None)
+    valid = audio(valid_utts, "valid")
     if cfg.system == "probe":
         if not test_utts:
             raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
-        return run_probe(cfg, train, valid, AudioSet(test_utts, labels, "test"), out, info, start)
+        return run_probe(cfg, train, valid, audio(test_utts, "test"), out, info, start)
     key = f"{cfg.data.corpus}/{info.get('fold', 'all')}"
     dirs = step_dirs(cfg, out, shared, key)
     claim_steps(cfg, {s: d for s, d in dirs.items() if cfg.system == "gmp-tl" or s == "stage1"}, key)
@@ -322,7 +333,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid_utts})}
     test_start = time.perf_counter()
     if test_utts:
-        test = AudioSet(test_utts, labels, "test")
+        test = audio(test_utts, "test")
         failed += test.failed
         result.update(write_predictions(test, predict(model, test, cfg.data.eval_max_seconds), out))
     # What the system costs alone: its steps (whoever ran them first) and its test.

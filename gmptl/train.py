@@ -42,10 +42,12 @@ class Stage:
     epochs: int
 
 
-def training_batches(data: AudioSet, cfg: TrainConfig, max_seconds: float) -> Callable[[int], Iterable[Batch]]:
-    """Epoch -> its micro-batches of ``data``, order and crops seeded by (seed, epoch): a resumed run sees
-    the same batches."""
-    return lambda epoch: epoch_batches(data, cfg.micro_batch, max_seconds, np.random.default_rng([cfg.seed, epoch]))
+def training_batches(data: AudioSet, cfg: TrainConfig, max_seconds: float,
+                     augment: bool = False) -> Callable[[int], Iterable[Batch]]:
+    """Epoch -> its micro-batches of ``data``, order, crops and (``augment``: with ``data.augment``)
+    augmentation seeded by (seed, epoch): a resumed run sees the same batches."""
+    return lambda epoch: epoch_batches(data, cfg.micro_batch, max_seconds, np.random.default_rng([cfg.seed, epoch]),
+                                       (cfg.seed, epoch) if augment else None)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Adam:
