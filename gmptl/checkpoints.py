@@ -1,4 +1,5 @@
-"""A stage's directory: last, best and top-K weights, written atomically, so a killed run resumes.
+"""A stage's directory: last, best and top-K weights, written atomically, so a killed run resumes; what a
+stage hands on: its best epoch's weights, or the mean of its K best (``train.average``).
 
 Layout of ``out_dir`` (one training stage)::
 
@@ -104,3 +105,22 @@ class CheckpointStore:
             self.last.unlink(missing_ok=True)
             self.prune_top({best_epoch})
         dist.barrier()
+
+
+def ranked(history: list[dict]) -> list[int]:
+    """The epochs of ``history`` from best to worst by validation score (ties: the earlier first)."""
+    return [r["epoch"] for r in sorted(history, key=lambda r: (-r["valid_score"], r["epoch"]))]
+
+
+def kept_epochs(history: list[dict], average: int) -> set[int]:
+    """The epochs whose weights ``top/`` must hold: the ``average`` best (none with average 1: the best
+    epoch alone needs none)."""
+    return set(ranked(history)[:average]) if average > 1 else set()
+
+
+def average_weights(paths: list[Path]) -> dict:
+    """The mean of several state dicts (checkpoint averaging); integer tensors (counters) from the first."""
+    states = [load_file(str(p)) for p in paths]
+    return {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+

@@ -127,8 +127,6 @@ class TrainConfig:
     select: str = "uar"                # uar | loss: the validation figure that picks the epoch of stages 1 and 3
     average: int = 1                   # a stage hands on the mean of its K best epochs' weights (by validation),
                                        # not the best epoch's alone (checkpoint averaging); 1: the best epoch; ours
-    crossfit: bool = False             # also score stages 1 and 3 by each validation speaker predicted with the
-                                       # epochs the other validation speakers choose (no best-score bias); ours
     workers: int | None = None         # processes decoding a split too large for data.cache_mb; None: min(4, cores)
     seed: int = 0                      # initial weights, batch order and crops, masks, dropout, validation speakers
     device: str = "auto"               # auto (cuda when present) | cpu | cuda | cuda:N

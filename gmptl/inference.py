@@ -1,8 +1,10 @@
 """Use a trained model: emotion of a waveform, a file, or a long recording window by window."""
 
-from collections.abc import Iterator
+import functools
+import itertools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,52 +59,43 @@ class PseudoLabeler:
 
     def __init__(self, encoder, layer: int, centroids: dict[int, torch.Tensor]):
         self.encoder, self.layer = encoder.eval(), layer
-        self.centroids = {k: (c.float(), (c.float() ** 2).sum(1)) for k, c in sorted(centroids.items())}
+        self.centroids = {k: c.float() for k, c in sorted(centroids.items())}
 
     @torch.no_grad()
     def __call__(self, wave: np.ndarray) -> dict[int, np.ndarray]:
         from .pseudo_labels import nearest
 
-        lengths = torch.tensor([len(wave)])
-        out = self.encoder(torch.from_numpy(wave)[None], lengths)
+        out = self.encoder(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
         frames = out.hidden_states[self.layer][0, : int(out.lengths[0])].float()
-        return {k: nearest(frames, c, c_sq, distances=False)[1].numpy().astype(np.int32) for k, (c, c_sq) in self.centroids.items()}
+        return {k: nearest(frames, c, distances=False)[1].numpy().astype(np.int32) for k, c in self.centroids.items()}
 
 
 class Recognizer:
     """A trained model ready for audio: ``gmptl.load(model_dir)`` returns one.
 
-    Probabilities are the softmax of the classifier's scores; for an AM-Softmax model
-    the cosines are scaled by the training scale ``s`` first (30 by default), the
-    same scale its loss was trained with. Two backends compute them: PyTorch on the
-    model directory, or onnxruntime on its ONNX export (``gmptl export``).
+    Probabilities are the softmax of the classifier's scores; for an AM-Softmax model the cosines are scaled
+    by the training scale ``s`` first (30 by default), the same scale its loss was trained with. Two backends
+    compute them: PyTorch on the model directory, or onnxruntime on its ONNX export (``gmptl export``).
 
-    Args:
-        labels: emotion labels, in the model's order.
-        sample_rate: rate the model takes.
-        max_samples: longest input in one piece (Whisper: 30 s); longer is scored in pieces.
-        has_gender: whether the model predicts gender.
-        score: (waveforms (B, S) float32, lengths (B,) int64) -> (emotion (B, C), gender (B, 2) or None).
-        meta: the model's config.json (or the ONNX metadata).
+    ``score``: (waveforms (B, S) float32, lengths (B,) int64) -> (emotion (B, C), gender (B, 2) or None);
+    ``max_samples``: the longest input in one piece (Whisper: 30 s), longer is scored in pieces;
+    ``meta``: the model's config.json (or the ONNX metadata); ``labels``: in the model's order.
     """
 
     def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict,
                  pseudo_loader=None):
         self.labels, self.sample_rate, self.max_samples = list(labels), sample_rate, max_samples
         self.has_gender, self.score, self.meta = has_gender, score, meta
-        self._pseudo_loader, self._pseudo = pseudo_loader, None
+        self._pseudo_loader = pseudo_loader
 
-    @property
+    @functools.cached_property
     def pseudo(self) -> PseudoLabeler | None:
         """The frame labeller of a GMP-TL model (loaded on first use: it is a second encoder), else None."""
-        if self._pseudo is None and self._pseudo_loader is not None:
-            self._pseudo = self._pseudo_loader()
-            self._pseudo_loader = None
-        return self._pseudo
+        return None if self._pseudo_loader is None else self._pseudo_loader()
 
     @property
     def has_pseudo_labels(self) -> bool:
-        return self._pseudo is not None or self._pseudo_loader is not None
+        return self._pseudo_loader is not None
 
     @classmethod
     def from_model_dir(cls, model_dir, precision: str = "fp32") -> "Recognizer":
@@ -153,13 +146,14 @@ class Recognizer:
 
     def predict_waves(self, waves: list[np.ndarray], batch_size: int = 16) -> list[Prediction]:
         """Predictions for 16 kHz mono float32 waveforms (each checked as a file would be)."""
-        pieces, owner = [], []
-        for i, w in enumerate(waves):
+        pieces, spans = [], []  # spans[i]: the slice of pieces that waves[i] is cut into
+        for w in waves:
+            first = len(pieces)
             for start in range(0, len(w), self.max_samples):
                 piece = w[start:start + self.max_samples]
                 if len(piece) >= 400 or start == 0:  # a last sliver shorter than a frame adds nothing
                     pieces.append(piece)
-                    owner.append(i)
+            spans.append(slice(first, len(pieces)))
         # Longest first: neighbours in a batch have similar lengths, little padding.
         order = sorted(range(len(pieces)), key=lambda j: -len(pieces[j]))
         emotion = np.zeros((len(pieces), len(self.labels)), dtype=np.float64)
@@ -167,20 +161,15 @@ class Recognizer:
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             e, g = self._scores([pieces[j] for j in idx])
-            emotion[idx] = e
-            if g is not None:
-                gender[idx] = g
+            emotion[idx], gender[idx] = e, 0.0 if g is None else g
         results = []
-        for i, w in enumerate(waves):
-            mine = [j for j, o in enumerate(owner) if o == i]
-            weights = np.array([len(pieces[j]) for j in mine], dtype=np.float64)
-            p = (emotion[mine] * weights[:, None]).sum(0) / weights.sum()
-            g = (gender[mine] * weights[:, None]).sum(0) / weights.sum()
-            has_gender = self.has_gender
+        for w, span in zip(waves, spans):
+            weights = np.array([len(piece) for piece in pieces[span]], dtype=np.float64)[:, None]
+            p, g = ((scores[span] * weights).sum(0) / weights.sum() for scores in (emotion, gender))
             results.append(Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())),
                                       round(len(w) / self.sample_rate, 3),
-                                      GENDERS[int(g.argmax())] if has_gender else None,
-                                      round(float(g.max()), 6) if has_gender else None))
+                                      GENDERS[int(g.argmax())] if self.has_gender else None,
+                                      round(float(g.max()), 6) if self.has_gender else None))
         return results
 
     def predict(self, waveform: np.ndarray, sample_rate: int) -> Prediction:
@@ -215,28 +204,19 @@ class Recognizer:
         """Emotion over time of a recording of any length, decoded as a stream (see ``windows``)."""
         if not 0 < hop <= window:
             raise ValueError(f"need 0 < hop <= window, got hop {hop} s and window {window} s")
-        pending: list[tuple[int, np.ndarray]] = []
-
-        def flush():
-            emotion, _ = self._scores([w for _, w in pending])
-            for (start, w), p in zip(pending, emotion):
+        pieces = self.windows(path, int(window * self.sample_rate), int(hop * self.sample_rate))
+        while batch := list(itertools.islice(pieces, batch_size)):
+            emotion, _ = self._scores([w for _, w in batch])
+            for (start, w), p in zip(batch, emotion):
                 yield Window(round(start / self.sample_rate, 3), round((start + len(w)) / self.sample_rate, 3),
                              self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())))
-            pending.clear()
-
-        for piece in self.windows(path, int(window * self.sample_rate), int(hop * self.sample_rate)):
-            pending.append(piece)
-            if len(pending) == batch_size:
-                yield from flush()
-        if pending:
-            yield from flush()
 
     def pseudo_track(self, path, chunk: float = 10.0) -> Iterator[PseudoLabels]:
         """Frame-level pseudo-labels of a recording of any length, streamed in ``chunk``-second pieces.
 
-        Needs a GMP-TL model directory (its stage-1 encoder and centroids). Each piece
-        is encoded alone, so frames within a fraction of a second of a piece boundary
-        see less context than in training, where whole utterances were encoded.
+        Needs a GMP-TL model directory (its stage-1 encoder and centroids). Each piece is encoded alone, so
+        frames within a fraction of a second of a piece boundary see less context than in training, where
+        whole utterances were encoded.
         """
         if self.pseudo is None:
             raise ValueError("this model has no pseudo-label encoder and centroids (GMP-TL models from this "
@@ -317,33 +297,27 @@ def timeline_with_track(recognizer: "Recognizer", path: Path, window: float, hop
 
 def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "",
                   track: list[PseudoLabels] | None = None) -> None:
-    """Probability of each emotion over time, one line per emotion; below it, where
-    given, the frame-level pseudo-label track (one row per scale, colour = cluster)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Probability of each emotion over time, one line per emotion; below it, where given, the frame-level
+    pseudo-label track (one row per scale, colour = cluster)."""
+    from .utils import figure
 
     centres = np.array([(w.start + w.end) / 2 for w in windows])
     width = max(6.0, min(24.0, 0.1 * len(windows) + 6))
-    if track:
-        fig, (ax, low) = plt.subplots(2, 1, figsize=(width, 5.4), sharex=True, height_ratios=[3, 1.2])
-        scales = sorted(track[0].labels)
-        rows = np.stack([np.concatenate([t.labels[k] for t in track]) / k for k in scales])
-        end = track[-1].start + len(track[-1].labels[scales[0]]) * track[-1].frame_seconds
-        low.imshow(rows, aspect="auto", interpolation="nearest", cmap="nipy_spectral",
-                   extent=(track[0].start, end, len(scales) - 0.5, -0.5))
-        low.set_yticks(range(len(scales)), [f"k={k}" for k in scales])
+    with figure(path, 2 if track else 1, 1, figsize=(width, 5.4 if track else 3.6), sharex=True,
+                height_ratios=[3, 1.2] if track else None) as (_, axes):
+        ax, low = axes if track else (axes, axes)
+        if track:
+            scales = sorted(track[0].labels)
+            rows = np.stack([np.concatenate([t.labels[k] for t in track]) / k for k in scales])
+            end = track[-1].start + len(track[-1].labels[scales[0]]) * track[-1].frame_seconds
+            low.imshow(rows, aspect="auto", interpolation="nearest", cmap="nipy_spectral",
+                       extent=(track[0].start, end, len(scales) - 0.5, -0.5))
+            low.set_yticks(range(len(scales)), [f"k={k}" for k in scales])
+            low.set_title("pseudo-labels (nearest centroid of each 20 ms frame)", fontsize=9)
         low.set_xlabel("time (s)")
-        low.set_title("pseudo-labels (nearest centroid of each 20 ms frame)", fontsize=9)
-    else:
-        fig, ax = plt.subplots(figsize=(width, 3.6))
-        ax.set_xlabel("time (s)")
-    for label in labels:
-        ax.plot(centres, [w.probabilities[label] for w in windows], label=label, linewidth=1.4)
-    ax.set_ylabel("probability")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        for label in labels:
+            ax.plot(centres, [w.probabilities[label] for w in windows], label=label, linewidth=1.4)
+        ax.set_ylabel("probability")
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)

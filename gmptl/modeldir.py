@@ -1,10 +1,9 @@
 """A trained model on disk: ``config.json`` + ``model.safetensors`` (+ pseudo-label files). No pickles.
 
-``config.json`` holds everything needed to rebuild the network without the hub:
-the encoder's transformers config, the head sizes, the label names, the training
-config, metrics and provenance. Models trained with GMP-TL also hold the
-pseudo-label centroids (``centroids.safetensors``: ``km<K>``, (K, D) float32) and
-the stage-1 encoder they were fitted on (``pseudo_encoder.safetensors``, same
+``config.json`` holds everything needed to rebuild the network without the hub: the encoder's
+transformers config, the head sizes, the label names, the training config, metrics and provenance.
+Models trained with GMP-TL also hold the pseudo-label centroids (``centroids.safetensors``: ``km<K>``,
+(K, D) float32) and the stage-1 encoder they were fitted on (``pseudo_encoder.safetensors``, same
 architecture as the model's encoder), so frames can be labelled as in training.
 """
 
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .encoders import SpeechEncoder
+from .encoders import SpeechEncoder, from_config
 from .errors import GmptlError
 from .model import UtteranceClassifier
 from .utils import atomic_json
@@ -32,16 +31,10 @@ def encoder_description(encoder: SpeechEncoder) -> dict:
 
 def encoder_from_description(desc: dict) -> SpeechEncoder:
     import transformers
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    from .encoders.wav2vec2 import Wav2Vec2FamilyEncoder
-    from .encoders.whisper import WhisperSpeechEncoder
 
     config = dict(desc["transformers_config"])
-    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-    if config.model_type == "whisper":
-        return WhisperSpeechEncoder(WhisperEncoder(config), desc["name"])
-    return Wav2Vec2FamilyEncoder(transformers.AutoModel.from_config(config), desc["name"], desc["normalize"])
+    return from_config(transformers.AutoConfig.for_model(config.pop("model_type"), **config), desc["name"],
+                       desc["normalize"])
 
 
 def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], weights: Path, extra: dict,
@@ -49,23 +42,20 @@ def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], wei
                    pseudo_encoder: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a model directory from a trained classifier whose state is in ``weights``.
 
-    The weights file is hard-linked where the file system allows it (no second copy
-    of a large encoder), copied otherwise. ``extra`` joins config.json (metrics, config,
-    provenance).
+    The weights file is hard-linked where the file system allows it (no second copy of a large encoder),
+    copied otherwise. ``extra`` joins config.json (metrics, config, provenance).
     """
     out.mkdir(parents=True, exist_ok=True)
-    target = out / "model.safetensors"
     tmp = out / "model.safetensors.tmp"
     tmp.unlink(missing_ok=True)
     try:
         os.link(weights, tmp)
     except OSError:
         shutil.copyfile(weights, tmp)
-    os.replace(tmp, target)
-    if centroids:
-        save_file({k: v.contiguous() for k, v in centroids.items()}, str(out / "centroids.safetensors"))
-    if pseudo_encoder:
-        save_file({k: v.contiguous() for k, v in pseudo_encoder.items()}, str(out / "pseudo_encoder.safetensors"))
+    os.replace(tmp, out / "model.safetensors")
+    for name, tensors in (("centroids", centroids), ("pseudo_encoder", pseudo_encoder)):
+        if tensors:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
     meta = {"format": FORMAT, "labels": list(labels), "sample_rate": model.encoder.sample_rate,
             "encoder": encoder_description(model.encoder),
             "head": {"layer": model.layer.index, "classifier": model.classifier, "gender": model.gender is not None,
@@ -93,8 +83,7 @@ def load_model_dir(path) -> tuple[UtteranceClassifier, dict]:
     h = meta["head"]
     model = UtteranceClassifier(encoder_from_description(meta["encoder"]), len(meta["labels"]), h["layer"],
                                 gender=h["gender"], classifier=h["classifier"], lstm_hidden=h["lstm_hidden"],
-                                proj_hidden=h["proj_hidden"], embed_size=h["embed_size"] or 128,
-                                dropout=h["dropout"])
+                                proj_hidden=h["proj_hidden"], embed_size=h["embed_size"] or 128, dropout=h["dropout"])
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), meta
 

@@ -24,7 +24,7 @@ from .encoders import build_encoder
 from .export import probability_scale
 from .errors import ConfigError
 from .masking import span_mask
-from .metrics import confusion, scores
+from .metrics import scores
 from .model import MaskedPredictor, UtteranceClassifier
 from .provenance import provenance
 from .pseudo_labels import build_pseudo_labels, load_labels
@@ -63,22 +63,12 @@ def predict(model: UtteranceClassifier, data: AudioSet, max_seconds: float, batc
 
 def classification_eval(data: AudioSet, max_seconds: float, select: str = "uar", scale: float = 1.0):
     """Validation UAR, WAR and loss (CE of ``scale`` x the scores: AM-Softmax cosines take s, no margin);
-    ``select`` picks the epoch (``score``, higher is better); ``speakers`` holds each validation speaker's
-    confusion matrix and summed loss (``train.crossfit`` scores subsets of them)."""
-    speaker = np.array([u.speaker for u in data.utterances])
-
+    ``select`` picks the epoch (``score``, higher is better)."""
     def evaluate(model) -> dict:
         out = predict(model, data, max_seconds)
-        pred = out.argmax(1)
-        s = scores(data.emotion, pred, data.labels)
-        per_utterance = F.cross_entropy(torch.from_numpy(scale * out), torch.as_tensor(data.emotion),
-                                        reduction="none")
-        loss = per_utterance.mean().item()
-        by_speaker = {str(name): {"confusion": confusion(data.emotion[mine], pred[mine], len(data.labels)).tolist(),
-                                  "loss_sum": float(per_utterance[torch.from_numpy(mine)].sum())}
-                      for name in np.unique(speaker) for mine in [speaker == name]}
-        return {"score": s["uar"] if select == "uar" else -loss, "uar": s["uar"], "war": s["war"], "loss": loss,
-                "speakers": by_speaker}
+        s = scores(data.emotion, out.argmax(1), data.labels)
+        loss = F.cross_entropy(torch.from_numpy(scale * out), torch.as_tensor(data.emotion)).item()
+        return {"score": s["uar"] if select == "uar" else -loss, "uar": s["uar"], "war": s["war"], "loss": loss}
     return evaluate
 
 
@@ -120,7 +110,7 @@ def stage2_batch_loss(model: MaskedPredictor, batch: Batch, labels: list, cfg: C
 STEPS = ("stage1", "pseudo", "stage2", "stage3")
 # Bump a step's version when a code change alters what it computes (its weights, labels or figures): every
 # directory of that step and of the steps after it gets a new key, so an old one is recomputed, never patched.
-VERSIONS = {"stage1": 1, "pseudo": 1, "stage2": 1, "stage3": 1}
+VERSIONS = {"stage1": 1, "pseudo": 2, "stage2": 1, "stage3": 1}  # pseudo 2: torch k-means sums in float64
 HOW = {"data": ("root", "cache_mb"), "train": ("device", "checkpointing", "workers")}  # where data lies, how steps run
 
 
@@ -294,11 +284,6 @@ def chosen_valid_uar(stages: dict) -> float:
     ``train.select=loss``), or with ``train.average`` of the averaged weights."""
     stage = stages[final_stage(stages)]
     return stage["average"]["valid"]["valid_uar"] if "average" in stage else stage["best_valid"]["valid_uar"]
-
-
-def crossfit_valid_uar(stages: dict) -> float | None:
-    """The final stage's cross-fitted validation UAR (``train.crossfit``), None when not computed."""
-    return stages[final_stage(stages)].get("crossfit", {}).get("uar")
 
 
 def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts, out: Path, info: dict,

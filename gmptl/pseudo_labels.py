@@ -1,7 +1,7 @@
 """Multi-scale frame pseudo-labels (GMPs): dump a layer -> k-means per scale -> assign.
 
-As in fairseq's ``simple_kmeans``, the steps are joined only by files, so each can
-be rerun alone. Layout of a pseudo-label directory::
+As in fairseq's ``simple_kmeans``, the steps are joined only by files, so each can be rerun alone.
+Layout of a pseudo-label directory::
 
     {split}.ids.txt            utterance ids, one per line, in dump order
     {split}.lengths.npy        (U,) int64 frames per utterance
@@ -10,9 +10,8 @@ be rerun alone. Layout of a pseudo-label directory::
     {split}.km{K}.labels.npy   (N,) int32 nearest centroid of every frame
     report.json                per scale: inertia, clusters used, NMI / purity against emotion and gender
 
-``split`` is ``train`` (the frames k-means is fitted on: training speakers minus the
-validation speakers) or ``valid`` (labelled with the train centroids, for stage 2's
-validation loss). Test speakers never appear here.
+``split`` is ``train`` (the frames k-means is fitted on: training speakers minus the validation speakers)
+or ``valid`` (labelled with the train centroids, for stage 2's validation loss). Test speakers never appear here.
 """
 
 import json
@@ -36,9 +35,8 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
                   max_seconds: float = 30.0) -> np.ndarray:
     """Write layer ``layer`` of ``encoder`` for every utterance of ``data``; returns the lengths.
 
-    Frames go straight from each batch into a float16 memmap, so no more than one
-    batch is ever in memory. Under torchrun the batches are dealt out to the ranks,
-    which write their own rows of the one file rank 0 created.
+    Frames go straight from each batch into a float16 memmap, so no more than one batch is ever in memory.
+    Under torchrun the batches are dealt out to the ranks, which write their own rows of the one file.
     """
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -47,19 +45,17 @@ def dump_features(encoder, data: AudioSet, layer: int, out_dir: Path, split: str
     offsets = np.concatenate([[0], np.cumsum(frames)])
     path = out_dir / f"{split}.features.npy"
     tmp = path.with_suffix(".tmp.npy")
-    if dist.is_main():
-        feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                          shape=(int(offsets[-1]), encoder.hidden_size))
-        feats.flush()
+    if dist.is_main():  # rank 0 creates the file, then every rank opens it
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                  shape=(int(offsets[-1]), encoder.hidden_size)).flush()
     dist.barrier()
-    if not dist.is_main():
-        feats = np.load(tmp, mmap_mode="r+")
+    feats = np.load(tmp, mmap_mode="r+")
     with tqdm(total=len(data), desc=f"dumping {split} layer {layer}", unit="utt", leave=False, disable=None) as bar:
         for b, batch in enumerate(epoch_batches(data, batch_size, max_seconds, rng=None)):
             if b % dist.world() != dist.rank():
                 continue
-            hidden = encoder(batch.waves.to(device), batch.lengths.to(device)).hidden_states[layer]  # (B, T, D)
-            hidden = hidden.float().cpu()
+            out = encoder(batch.waves.to(device), batch.lengths.to(device))
+            hidden = out.hidden_states[layer].float().cpu()  # (B, T, D)
             for row, i in enumerate(batch.index.tolist()):
                 n = int(frames[i])
                 feats[offsets[i]:offsets[i] + n] = hidden[row, :n].numpy()
@@ -86,11 +82,11 @@ def kmeans_backend(name: str = "auto") -> str:
 
 
 def kmeans_plus_plus(data: torch.Tensor, k: int, g: torch.Generator, trials: int = 1) -> torch.Tensor:
-    """k-means++ seeding (Arthur and Vassilvitskii 2007): each next centre drawn with
-    probability proportional to its squared distance to the nearest centre so far.
+    """k-means++ seeding (Arthur and Vassilvitskii 2007): each next centre drawn with probability
+    proportional to its squared distance to the nearest centre so far.
 
-    With ``trials`` > 1, greedy k-means++ (as scikit-learn does with 2 + ln k): each
-    step draws that many candidates and keeps the one that lowers the potential most.
+    With ``trials`` > 1, greedy k-means++ (as scikit-learn does with 2 + ln k): each step draws that
+    many candidates and keeps the one that lowers the potential most.
     """
     sq = (data * data).sum(1)
     c = torch.empty(k, data.shape[1], device=data.device)
@@ -119,11 +115,10 @@ def seed_centroids(x: np.ndarray, k: int, seed: int, device, trials: int = 1) ->
 def schedule(name: str, k: int, iterations: int, frames: int) -> dict:
     """:func:`fit_kmeans` settings of a named schedule for ``frames`` frames.
 
-    ``full`` (the default): ``iterations`` Lloyd passes over all the frames from k
-    random frames. ``fast``: about four passes' worth of work: a greedy k-means++
-    start (k <= 1024; above, its cost outgrows the rest), 10 passes over an eighth of
-    the frames (at least 32 per centroid; 6 passes above k = 1024), then two passes
-    over all of them. ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
+    ``full`` (the default): ``iterations`` Lloyd passes over all the frames from k random frames. ``fast``:
+    about four passes' worth of work: a greedy k-means++ start (k <= 1024; above, its cost outgrows the rest),
+    10 passes over an eighth of the frames (at least 32 per centroid; 6 passes above k = 1024), then two
+    passes over all of them. ``bench/run.py kmeans_vs_sklearn`` measures both against scikit-learn.
     """
     if name == "full":
         return {"iterations": iterations}
@@ -139,13 +134,12 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
                sample: int = 0, refine: int = 0) -> np.ndarray:
     """k-means on at most ``max_frames`` frames drawn at random (seeded); (K, D) centroids.
 
-    ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's
-    algorithm on ``device``, for GPUs where faiss has no GPU build). ``init`` is
-    ``random`` (faiss: k distinct frames; torch: plain k-means++ on all frames) or
-    ``kmeans++`` (greedy, on max(10k, 20 k) of the frames).
+    ``backend`` is ``faiss`` (the default where installed) or ``torch`` (Lloyd's algorithm on ``device``,
+    for GPUs where faiss has no GPU build). ``init`` is ``random`` (faiss: k distinct frames; torch: plain
+    k-means++ on all frames) or ``kmeans++`` (greedy, on max(10k, 20 k) of the frames).
 
-    ``sample`` > 0 runs the ``iterations`` on a seeded subsample of that many frames,
-    and ``refine`` adds passes over all of them after (see :func:`schedule`).
+    ``sample`` > 0 runs the ``iterations`` on a seeded subsample of that many frames, and ``refine`` adds
+    passes over all of them after (see :func:`schedule`).
     """
     backend = kmeans_backend(backend)
     rng = np.random.default_rng(seed)
@@ -163,70 +157,48 @@ def fit_kmeans(features: np.ndarray, k: int, max_frames: int, iterations: int, s
     if init == "kmeans++":
         seeds = part[np.sort(rng.choice(len(part), size=min(len(part), max(10_000, 20 * k)), replace=False))]
         start = seed_centroids(seeds, k, seed, device, greedy_trials(k))
-    elif backend == "torch":
-        start = seed_centroids(part, k, seed, device)
-    c = lloyd(part, k, iterations, seed, backend, device, start)
+    if backend == "torch":
+        c = torch_kmeans(part, k, iterations, seed_centroids(part, k, seed, device) if start is None else start, device)
+    else:
+        import faiss
+
+        # faiss subsamples again past max_points_per_centroid; ours is already the sample.
+        gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
+        km = faiss.Kmeans(part.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
+                          max_points_per_centroid=max(len(part) // k + 1, 256), min_points_per_centroid=1)
+        km.train(part, init_centroids=start)  # None: k random frames
+        c = km.centroids.astype(np.float32)
     for _ in range(refine):
         c = streamed_pass(features, c, rows, device)
     return c
 
 
-def lloyd(x: np.ndarray, k: int, iterations: int, seed: int, backend: str, device, start: np.ndarray | None) -> np.ndarray:
-    """``iterations`` Lloyd passes over all of ``x`` from ``start`` (faiss: None = k random frames);
-    ``backend`` is ``faiss`` or ``torch``, as :func:`kmeans_backend` resolves it."""
-    if backend == "torch":
-        return torch_kmeans(x, k, iterations, start, device)
-    import faiss
-
-    # faiss subsamples again past max_points_per_centroid; ours is already the sample.
-    gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0  # a faiss GPU build uses the GPU
-    km = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False, gpu=gpu,
-                      max_points_per_centroid=max(len(x) // k + 1, 256), min_points_per_centroid=1)
-    km.train(x, init_centroids=start)
-    return km.centroids.astype(np.float32)
-
-
-def nearest(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor,
-            distances: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Squared distance to (None unless ``distances``), and index of, the nearest row of ``c``
-    for every row of ``x``."""
-    part = torch.addmm(c_sq[None], x, c.t(), alpha=-2)  # (n, K) ||c||^2 - 2 x.c: one fused GEMM
+def nearest(x: torch.Tensor, c: torch.Tensor, distances: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Squared distance to (None unless ``distances``), and index of, the nearest row of ``c`` for each row of ``x``."""
+    part = torch.addmm((c * c).sum(1)[None], x, c.t(), alpha=-2)  # (n, K) ||c||^2 - 2 x.c: one fused GEMM
     best, idx = part.min(1)
     return (best + (x * x).sum(1)).clamp(min=0) if distances else None, idx
 
 
-@torch.no_grad()
 def torch_kmeans(x: np.ndarray, k: int, iterations: int, start: np.ndarray, device="cpu",
                  chunk: int = 32768) -> np.ndarray:
-    """Lloyd's k-means from ``start`` (a k-means++ seeding in :func:`fit_kmeans`).
+    """Lloyd's k-means from ``start`` (a k-means++ seeding in :func:`fit_kmeans`), ``x`` moved to ``device`` once.
 
-    k-means++ avoids the poor local minima a random start can fall in on
-    well-separated data. A cluster left empty takes the point farthest from its
-    centroid (each empty cluster a different one), so none is returned empty.
+    k-means++ avoids the poor local minima a random start can fall in on well-separated data. A cluster left
+    empty takes the point farthest from its centroid (each empty cluster a different one), so none is returned empty.
     """
-    data = torch.from_numpy(x).to(device)
-    c = torch.from_numpy(start).to(device)
+    data, c = torch.from_numpy(x).to(device), start
     for _ in range(iterations):
-        c_sq = (c * c).sum(1)
-        best = torch.empty(len(data), device=device)
-        idx = torch.empty(len(data), dtype=torch.long, device=device)
-        for s in range(0, len(data), chunk):
-            best[s:s + chunk], idx[s:s + chunk] = nearest(data[s:s + chunk], c, c_sq)
-        counts = torch.bincount(idx, minlength=k)
-        sums = cluster_sums(data, idx, k)
-        c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c)
-        empty = torch.nonzero(counts == 0).flatten()
-        if len(empty):
-            c[empty] = data[best.topk(len(empty)).indices]
-    return c.cpu().numpy()
+        c = streamed_pass(data, c, device=device, chunk=chunk, refill=True)
+    return c
 
 
 def cluster_sums(x: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
     """(k, D) sums of the rows of ``x`` per cluster ``idx``, added in the same order on every run.
 
-    On a GPU ``index_add_`` adds with atomics, in whatever order the threads come, so two runs
-    of the same k-means drifted apart (NOTES item 20); torch's deterministic ``index_add_``
-    sorts the rows by cluster first. On a CPU both are the same.
+    On a GPU ``index_add_`` adds with atomics, in whatever order the threads come, so two runs of the same
+    k-means drifted apart (NOTES item 20); torch's deterministic ``index_add_`` sorts the rows by cluster
+    first. On a CPU both are the same.
     """
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -237,12 +209,13 @@ def cluster_sums(x: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
-def chunks(features: np.ndarray, rows: np.ndarray | None = None, chunk: int = 16384, device="cpu"):
+def chunks(features: np.ndarray | torch.Tensor, rows: np.ndarray | None = None, chunk: int = 16384, device="cpu"):
     """(start, float32 tensor) blocks of ``features`` (or of its ``rows``), read one at a time."""
     n = len(features) if rows is None else len(rows)
     for start in range(0, n, chunk):
         block = features[start:start + chunk] if rows is None else features[rows[start:start + chunk]]
-        yield start, torch.from_numpy(np.asarray(block, dtype=np.float32)).to(device)
+        block = block if torch.is_tensor(block) else torch.from_numpy(np.asarray(block, dtype=np.float32))
+        yield start, block.to(device, torch.float32)
 
 
 @torch.no_grad()
@@ -250,31 +223,36 @@ def assign(features: np.ndarray, centroids: np.ndarray, chunk: int = 16384,
            device: torch.device | str = "cpu") -> tuple[np.ndarray, float]:
     """Nearest centroid of every frame, streamed in chunks; returns labels and the inertia."""
     c = torch.from_numpy(centroids).to(device)
-    c_sq = (c * c).sum(1)
     labels = np.empty(len(features), dtype=np.int32)
     inertia = 0.0
     for start, x in chunks(features, chunk=chunk, device=device):
-        best, idx = nearest(x, c, c_sq)
+        best, idx = nearest(x, c)
         labels[start:start + len(x)] = idx.cpu().numpy()
         inertia += float(best.sum())
     return labels, inertia
 
 
 @torch.no_grad()
-def streamed_pass(features: np.ndarray, centroids: np.ndarray, rows: np.ndarray | None = None,
-                  device: torch.device | str = "cpu", chunk: int = 16384) -> np.ndarray:
-    """One Lloyd pass over frames read in chunks (a memmap stays on disk): each frame to
-    its nearest centroid, each centroid to the mean of its frames (an empty one stays)."""
+def streamed_pass(features: np.ndarray | torch.Tensor, centroids: np.ndarray, rows: np.ndarray | None = None,
+                  device: torch.device | str = "cpu", chunk: int = 16384, refill: bool = False) -> np.ndarray:
+    """One Lloyd pass over frames read in chunks (a memmap stays on disk): each frame to its nearest
+    centroid, each centroid to the mean of its frames. An empty centroid stays, or with ``refill`` takes
+    the frame farthest from its centroid (each empty one a different frame)."""
     c = torch.from_numpy(centroids).to(device)
-    c_sq = (c * c).sum(1)
     sums = torch.zeros(c.shape, dtype=torch.float64, device=device)  # millions of frames: float64 totals
     counts = torch.zeros(len(c), dtype=torch.float64, device=device)
+    distances = []
     for _, x in chunks(features, rows, chunk, device):
-        _, idx = nearest(x, c, c_sq, distances=False)
+        best, idx = nearest(x, c, distances=refill)
         sums += cluster_sums(x, idx, len(c)).double()
         counts += torch.bincount(idx, minlength=len(c))
-    means = sums / counts.clamp(min=1)[:, None]
-    return torch.where(counts[:, None] > 0, means, c.double()).float().cpu().numpy()
+        distances.append(best)
+    c = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], c.double()).float()
+    empty = torch.nonzero(counts == 0).flatten()
+    if refill and len(empty):
+        far = torch.cat(distances).topk(len(empty)).indices.cpu().numpy()
+        c[empty] = next(chunks(features, far if rows is None else rows[far], len(far), device))[1]
+    return c.cpu().numpy()
 
 
 def quality(labels: np.ndarray, classes: np.ndarray, k: int) -> dict | None:
@@ -296,8 +274,7 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
                         backend: str = "auto", kmeans: str = "full") -> dict:
     """All steps for one fold; skipped when ``report.json`` is already there (resume).
 
-    Under torchrun every rank dumps its share of the features; rank 0 fits and
-    assigns while the others wait.
+    Under torchrun every rank dumps its share of the features; rank 0 fits and assigns while the others wait.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.json"
@@ -326,11 +303,10 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
             labels, inertia = assign(feats, centroids, device=device)
             np.save(out_dir / f"{name}.km{k}.labels.npy", labels)
             if name == "train":
-                per_frame = lambda values: np.repeat(values, frames[name])  # noqa: E731
                 entry.update(inertia=inertia, inertia_per_frame=inertia / max(len(labels), 1),
                              clusters_used=int(len(np.unique(labels))),
-                             emotion=quality(labels, per_frame(data.emotion), k),
-                             gender=quality(labels, per_frame(data.gender), k))
+                             emotion=quality(labels, np.repeat(data.emotion, frames[name]), k),
+                             gender=quality(labels, np.repeat(data.gender, frames[name]), k))
         report["scales"][str(k)] = entry
         log.info("k=%d: %d/%d clusters used, NMI(emotion) %.3f, purity %.3f", k, entry["clusters_used"], k,
                  entry["emotion"]["nmi"], entry["emotion"]["purity"])

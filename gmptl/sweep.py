@@ -6,9 +6,7 @@
 Every combination of the ``--grid`` values is one config (``--one-at-a-time``: the base
 config, named ``base``, and each value changed alone), run on every fold. The choice
 is the config with the best validation UAR averaged over the folds (each fold's
-validation speakers come from its training speakers), or the cross-fitted one when
-every config ran with ``train.crossfit=true`` (the best-epoch UAR is a maximum over
-epochs, which favours configs that select on it); test scores are reported, never
+validation speakers come from its training speakers); test scores are reported, never
 read to choose. ``--seeds N`` runs every config N times (``train.seed`` s, s+1, ...)
 and uses the means: on RAVDESS a rerun moves a 6-fold UAR by 3 points. Layout::
 
@@ -31,7 +29,7 @@ from .config import load_config
 from .corpora import configured_corpus
 from .cv import check_folds, claim_run_dir, compare_runs, fold_means
 from .errors import ConfigError
-from .pipeline import chosen_valid_uar, crossfit_valid_uar, run_fold
+from .pipeline import chosen_valid_uar, run_fold
 from .provenance import provenance
 from .utils import atomic_json, check_precision
 
@@ -103,10 +101,8 @@ def valid_uar(result: dict) -> float:
 
 
 def fold_figures(result: dict) -> dict:
-    """A fold's validation and test figures for the sweep's table (``crossfit_uar`` when computed)."""
-    cross = None if "probe" in result else crossfit_valid_uar(result["stages"])
-    return {"valid_uar": valid_uar(result), "war": result["war"], "uar": result["uar"],
-            **({"crossfit_uar": cross} if cross is not None else {})}
+    """A fold's validation and test figures for the sweep's table."""
+    return {"valid_uar": valid_uar(result), "war": result["war"], "uar": result["uar"]}
 
 
 def summarize(out: Path, configs: list[list[str]], folds: list[int], command: str,
@@ -122,27 +118,23 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
                        if (p := out / run / f"fold{k}" / "result.json").exists()} for run in runs}
         rows = []
         for k in (k for k in folds if all(k in found[run] for run in runs)):
-            each = [found[run][k] for run in runs]
-            rows.append({"fold": k, **{m: float(np.mean([f[m] for f in each])) for m in each[0]
-                                       if all(m in f for f in each)}})
-        figures = [m for m in ("valid_uar", "war", "uar", "crossfit_uar") if rows and all(m in r for r in rows)]
+            rows.append({"fold": k, **{m: float(np.mean([found[run][k][m] for run in runs]))
+                                       for m in ("valid_uar", "war", "uar")}})
         entries[name] = {"overrides": overrides, "folds": rows, "complete": len(rows) == len(folds),
-                         **(fold_means(rows, figures) if rows else {})}
+                         **(fold_means(rows, ("valid_uar", "war", "uar")) if rows else {})}
         if len(seeds) > 1:
             entries[name]["seeds"] = [{"seed": s, "run": run, "folds": len(found[run]),
                                        **{f"{m}_mean": float(np.mean([f[m] for f in found[run].values()]))
                                           for m in ("valid_uar", "uar") if found[run]}}
                                       for s, run in zip(seeds, runs)]
     complete = [n for n, e in entries.items() if e["complete"]]
-    by = "crossfit_uar_mean" if complete and all("crossfit_uar_mean" in entries[n] for n in complete) else "valid_uar_mean"
-    chosen = max(complete, key=lambda n: entries[n][by]) if complete else None
+    chosen = max(complete, key=lambda n: entries[n]["valid_uar_mean"]) if complete else None
     if configs and configs[0] == [] and "base" in complete:  # --one-at-a-time: each change against the base
         for name in (n for n in complete if n != "base"):
             c = compare_runs([out / r for r in runs_of[name]], [out / r for r in runs_of["base"]])
             entries[name]["vs_base"] = {k: c[k] for k in ("uar_diff", "uar_ci", "p_uar", "war_diff", "war_ci", "p_war")}
     over = "the folds" if len(seeds) == 1 else f"the folds and {len(seeds)} seeds"
-    rule = (f"best {'cross-fitted ' if by.startswith('crossfit') else ''}validation UAR averaged over {over}; "
-            "test scores are not read to choose")
+    rule = f"best validation UAR averaged over {over}; test scores are not read to choose"
     summary = {"command": command, "protocol": protocol, "folds": folds, "chosen": chosen, "rule": rule,
                **({"seeds": seeds} if len(seeds) > 1 else {}), "configs": entries, **provenance()}
     atomic_json(summary, out / "sweep.json")
@@ -152,17 +144,15 @@ def summarize(out: Path, configs: list[list[str]], folds: list[int], command: st
 def format_sweep(summary: dict) -> str:
     """A table of the sweep, the chosen config marked with ``*``."""
     paired = any("vs_base" in e for e in summary["configs"].values())
-    cross = any("crossfit_uar_mean" in e for e in summary["configs"].values())
-    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10}" + (f" {'cross-fit':>10}" if cross else "")
-             + f" {'test UAR':>15} {'test WAR':>8}" + ("   test UAR - base [95 % CI], p" if paired else "")]
+    lines = [f"{'config':<40} {'folds':>5} {'valid UAR':>10} {'test UAR':>15} {'test WAR':>8}"
+             + ("   test UAR - base [95 % CI], p" if paired else "")]
     for name, e in summary["configs"].items():
         if not e["folds"]:
             lines.append(f"{name:<40} {0:>5}")
             continue
         mark = "*" if name == summary["chosen"] else " "
         line = (f"{name:<39}{mark} {len(e['folds']):>5} {e['valid_uar_mean']:10.2f} "
-                + (f"{e['crossfit_uar_mean']:10.2f} " if "crossfit_uar_mean" in e else " " * 11 if cross else "")
-                + f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
+                f"{e['uar_mean']:8.2f} ± {e['uar_std']:4.2f} {e['war_mean']:8.2f}")
         if v := e.get("vs_base"):
             line += f"   {v['uar_diff']:+6.2f} [{v['uar_ci'][0]:+.2f}, {v['uar_ci'][1]:+.2f}], p = {v['p_uar']:.2g}"
         lines.append(line)

@@ -1,5 +1,5 @@
 """One training loop for every stage: accumulation, clipping, early stopping, resumable checkpoints
-(``checkpoints``), checkpoint averaging and cross-fitted validation (``averaging``)."""
+and checkpoint averaging (``checkpoints``)."""
 
 import logging
 import math
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import averaging, dist
-from .checkpoints import CheckpointStore
+from . import dist
+from .checkpoints import CheckpointStore, average_weights, kept_epochs, ranked
 from .config import TrainConfig
 from .data import AudioSet, Batch, epoch_batches
 from .utils import autocast, model_device, resolve_device
@@ -30,8 +30,7 @@ class Stage:
         name: directory name and log label.
         model: a module with ``encoder`` and ``head_parameters()``.
         loss: (model, batch, rng) -> scalar loss of a micro-batch.
-        evaluate: model -> dict with ``score`` (higher is better) and any metrics to log; optionally
-            ``speakers``, each validation speaker's ``confusion`` and ``loss_sum`` (``train.crossfit``).
+        evaluate: model -> dict with ``score`` (higher is better) and any metrics to log.
         epochs: most epochs to run (early stopping may end it sooner).
     """
 
@@ -88,8 +87,7 @@ def fit(stage: Stage, batches: Callable[[int], Iterable[Batch]], cfg: TrainConfi
         record = {"stage": stage.name, "epoch": epoch, **train_epoch(stage, model, opt, batches(epoch), cfg, epoch),
                   "encoder_frozen": frozen}
         metrics = validate(stage, model, cfg.precision)
-        record.update(wall_s=round(time.perf_counter() - start, 1), **valid_figures(metrics),
-                      **({"valid_by_speaker": metrics["speakers"]} if "speakers" in metrics else {}))
+        record.update(wall_s=round(time.perf_counter() - start, 1), **valid_figures(metrics))
         improved = metrics["score"] > state["best"]
         state.update(epoch=epoch, history=state["history"] + [record])
         if improved:
@@ -97,7 +95,7 @@ def fit(stage: Stage, batches: Callable[[int], Iterable[Batch]], cfg: TrainConfi
         else:
             state["bad_epochs"] += 1
         store.save_epoch(model, opt, state, improved,
-                         averaging.kept_epochs(state["history"], cfg.average, cfg.crossfit, cfg.select))
+                         kept_epochs(state["history"], cfg.average))
         log.info("%s epoch %d: train loss %.4f, valid score %.4f%s (%.0f s)", stage.name, epoch,
                  record["train_loss"], metrics["score"], " *" if improved else "", record["train_s"])
     for p in encoder:  # the next stage may train this encoder
@@ -158,25 +156,16 @@ def steps(batches: Iterable[Batch], size: int):
 
 def hand_on(stage: Stage, model, cfg: TrainConfig, state: dict, store: CheckpointStore) -> dict:
     """Load what the stage hands on into ``model`` and ``best.safetensors``: its best epoch's weights, or the
-    mean of the ``cfg.average`` best; returns the stage's summary, with the cross-fitted validation of that
-    choice when ``cfg.crossfit`` asks for it."""
+    mean of the ``cfg.average`` best; returns the stage's summary."""
     history = state["history"]
     best = next((r for r in history if r["epoch"] == state["best_epoch"]), {})
     summary = {"stage": stage.name, "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                "best_score": state["best"], "best_valid": {k: v for k, v in best.items() if k.startswith("valid_")},
                "wall_s": round(sum(r.get("wall_s", r["train_s"]) for r in history), 1), "history": history}
     start = time.perf_counter()
-    if cfg.crossfit and not averaging.held_out_splits(history):
-        log.warning("%s: train.crossfit needs a validation scored by speaker, with two speakers at least: "
-                    "no cross-fitted figure", stage.name)
-    elif cfg.crossfit:
-        summary["crossfit"] = averaging.crossfit(history, cfg.average, cfg.select, store.top_file, model,
-                                                 lambda: validate(stage, model, cfg.precision))
-        log.info("%s: cross-fitted validation UAR %.2f (best epoch alone %.2f)", stage.name,
-                 summary["crossfit"]["uar"], summary["crossfit"]["best_uar"])
-    epochs = averaging.ranked(history)[:cfg.average]
+    epochs = ranked(history)[:cfg.average]
     if len(epochs) > 1:
-        model.load_state_dict(averaging.average_weights([store.top_file(e) for e in epochs]))
+        model.load_state_dict(average_weights([store.top_file(e) for e in epochs]))
         summary["average"] = {"epochs": epochs, "valid": valid_figures(validate(stage, model, cfg.precision))}
         log.info("%s: mean of the weights of epochs %s: valid score %.4f (best epoch %d alone: %.4f)", stage.name,
                  ", ".join(map(str, epochs)), summary["average"]["valid"]["valid_score"], state["best_epoch"],

@@ -2,7 +2,6 @@
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,9 @@ def test_grid_parsing():
             parse_grid(bad)
 
 
-def fake_result(path: Path, fold: int, valid: float, uar: float, crossfit: float | None = None) -> None:
+def fake_result(path: Path, fold: int, valid: float, uar: float) -> None:
     path.mkdir(parents=True)
-    stage3 = {"best_score": valid, "best_valid": {"valid_uar": valid},
-              **({"crossfit": {"uar": crossfit}} if crossfit is not None else {})}
+    stage3 = {"best_score": valid, "best_valid": {"valid_uar": valid}}
     (path / "result.json").write_text(json.dumps({"fold": fold, "war": uar + 1, "uar": uar,
                                                   "stages": {"stage1": {"best_score": 0.0}, "stage3": stage3}}))
 
@@ -52,24 +50,6 @@ def test_choice_reads_validation_not_test_and_needs_every_fold(tmp_path):
     assert entry["valid_uar_mean"] == pytest.approx(69.0) and entry["uar_mean"] == pytest.approx(51.0)
     assert not summary["configs"]["stage3.margin=0.3"]["complete"]
     assert json.loads((tmp_path / "sweep.json").read_text())["chosen"] == "stage3.margin=0.2"
-
-
-def test_choice_reads_the_cross_fitted_validation_when_every_config_has_it(tmp_path):
-    """train.crossfit: the best-epoch validation UAR (a maximum) would pick 0.1; the cross-fitted one picks 0.2."""
-    configs = [["stage3.margin=0.1"], ["stage3.margin=0.2"]]
-    for k in (1, 2):
-        fake_result(tmp_path / "stage3.margin=0.1" / f"fold{k}", k, 80, 60, crossfit=60 + k)
-        fake_result(tmp_path / "stage3.margin=0.2" / f"fold{k}", k, 70, 70, crossfit=66 + k)
-    summary = summarize(tmp_path, configs, [1, 2], "cmd")
-    assert summary["chosen"] == "stage3.margin=0.2" and summary["rule"].startswith("best cross-fitted validation UAR")
-    assert summary["configs"]["stage3.margin=0.2"]["crossfit_uar_mean"] == pytest.approx(67.5)
-    table = format_sweep(summary)
-    assert "cross-fit" in table.splitlines()[0] and "67.50" in table
-    shutil.rmtree(tmp_path / "stage3.margin=0.2" / "fold2")  # a fold run without the figure
-    fake_result(tmp_path / "stage3.margin=0.2" / "fold2", 2, 70, 70)
-    summary = summarize(tmp_path, configs, [1, 2], "cmd")
-    assert "crossfit_uar_mean" not in summary["configs"]["stage3.margin=0.2"]
-    assert summary["chosen"] == "stage3.margin=0.1" and summary["rule"].startswith("best validation UAR")
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ An encoder spec is one of:
   such a checkpoint (``config.json`` + weights) of any of those families.
 """
 
-import logging
 import os
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from .base import EncoderOutput, SpeechEncoder
 from .ct2 import BUILTIN_NAME, builtin_encoder, builtin_model_dir
 from .wav2vec2 import FAMILIES, Wav2Vec2FamilyEncoder
 from .whisper import WhisperSpeechEncoder
-
-log = logging.getLogger(__name__)
 
 SIZES = ("tiny", "base")
 
@@ -37,20 +34,18 @@ def build_encoder(spec: str, normalize: bool | str = "auto", layerdrop: float = 
     """The encoder named by ``spec`` (see the module docstring), in eval mode.
 
     Args:
-        spec: a built-in name, ``random:<family>-<size>``, a hub id or a local directory.
-        normalize: zero-mean unit-variance input per utterance. "auto" does what the
-            checkpoint was pre-trained with (``do_normalize`` of its preprocessor config);
-            True or False force it. Whisper takes the log-mel of the raw waveform and
-            refuses True.
-        layerdrop: chance that training skips each transformer layer (LayerDrop). The
-            checkpoint's own ``layerdrop`` (0.1 in HuBERT-base's config.json) is not applied.
+        normalize: zero-mean unit-variance input per utterance. "auto" does what the checkpoint was
+            pre-trained with (``do_normalize`` of its preprocessor config); True or False force it.
+            Whisper takes the log-mel of the raw waveform and refuses True.
+        layerdrop: chance that training skips each transformer layer (LayerDrop). The checkpoint's own
+            ``layerdrop`` (0.1 in HuBERT-base's config.json) is not applied.
     """
     if normalize not in ("auto", True, False):
         raise EncoderError(f"normalize must be auto, true or false, got {normalize!r}")
     if not 0.0 <= layerdrop < 1.0:
         raise EncoderError(f"layerdrop must be in [0, 1), got {layerdrop}")
     if spec == BUILTIN_NAME:
-        encoder = _whisper(builtin_encoder(), spec, normalize)
+        encoder = _wrap(builtin_encoder(), spec, normalize)
     elif spec.startswith("random:"):
         family, _, size = spec[len("random:"):].rpartition("-")
         if family not in (*FAMILIES, "whisper") or size not in SIZES:
@@ -68,11 +63,8 @@ def from_config(config, name: str, normalize: bool | str = "auto") -> SpeechEnco
     import transformers
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    if config.model_type == "whisper":
-        return _whisper(WhisperEncoder(config), name, normalize)
-    model = transformers.AutoModel.from_config(config)
-    normalize = _normalized_by_convention(config) if normalize == "auto" else normalize
-    return Wav2Vec2FamilyEncoder(model, name, normalize=normalize).eval()
+    model = WhisperEncoder(config) if config.model_type == "whisper" else transformers.AutoModel.from_config(config)
+    return _wrap(model, name, normalize)
 
 
 def from_pretrained(spec: str, normalize: bool | str = "auto") -> SpeechEncoder:
@@ -92,44 +84,36 @@ def from_pretrained(spec: str, normalize: bool | str = "auto") -> SpeechEncoder:
                            f"`hf download {spec} --local-dir DIR` and pass DIR ({type(e).__name__})") from None
     family = config.model_type.replace("_", "-")
     if family == "whisper":
-        model = transformers.WhisperModel.from_pretrained(source)
-        encoder = model.get_encoder()
-        del model  # the decoder is not needed
-        return _whisper(encoder, spec, normalize)
+        return _wrap(transformers.WhisperModel.from_pretrained(source).get_encoder(), spec, normalize)  # no decoder
     if family not in FAMILIES:
         raise EncoderError(f"{spec}: model type '{config.model_type}' is not a supported speech encoder "
                            f"({', '.join((*FAMILIES, 'whisper'))})")
     model = transformers.AutoModel.from_pretrained(source)
     if hasattr(model, "config") and type(model).__name__.endswith(("ForCTC", "ForPreTraining")):
         model = getattr(model, model.base_model_prefix)
-    normalize = _do_normalize(source, config) if normalize == "auto" else normalize
-    return Wav2Vec2FamilyEncoder(model, spec, normalize=normalize).eval()
+    return _wrap(model, spec, normalize, source)
 
 
-def _whisper(model, name: str, normalize: bool | str) -> WhisperSpeechEncoder:
-    """``model`` (a ``WhisperEncoder``) behind the contract; waveform normalisation does not apply to it."""
-    if normalize is True:
-        # Whisper was trained on the log-mel of raw waveforms, mapped by fixed constants ((log10 + 4) / 4):
-        # rescaling the waveform shifts every feature, into inputs Whisper never saw.
-        raise EncoderError(f"{name}: normalize=true does not apply to Whisper, which takes the log-mel of the "
-                           "raw waveform; use auto or false")
-    return WhisperSpeechEncoder(model, name).eval()
-
-
-def _do_normalize(source: str, config) -> bool:
-    """Whether the checkpoint's feature extractor normalised its input in pre-training."""
-    import transformers
-
-    try:
-        return bool(transformers.AutoFeatureExtractor.from_pretrained(source).do_normalize)
-    except (OSError, ValueError, AttributeError):
-        return _normalized_by_convention(config)
-
-
-def _normalized_by_convention(config) -> bool:
-    """transformers' convention where no preprocessor config says: models with layer-normalised
-    convolutions were pre-trained on normalised input."""
-    return getattr(config, "feat_extract_norm", "layer") == "layer"
+def _wrap(model, name: str, normalize: bool | str, source: str | None = None) -> SpeechEncoder:
+    """A transformers ``model`` behind the encoder contract, in eval mode (``source``: its checkpoint)."""
+    if model.config.model_type == "whisper":
+        if normalize is True:
+            # Whisper was trained on the log-mel of raw waveforms, mapped by fixed constants ((log10 + 4) / 4):
+            # rescaling the waveform shifts every feature, into inputs Whisper never saw.
+            raise EncoderError(f"{name}: normalize=true does not apply to Whisper, which takes the log-mel of the "
+                               "raw waveform; use auto or false")
+        return WhisperSpeechEncoder(model, name).eval()
+    if normalize == "auto":
+        # What the checkpoint's feature extractor did in pre-training; where no preprocessor config says, transformers'
+        # convention: models with layer-normalised convolutions were pre-trained on normalised input.
+        normalize = getattr(model.config, "feat_extract_norm", "layer") == "layer"
+        if source is not None:
+            import transformers
+            try:
+                normalize = bool(transformers.AutoFeatureExtractor.from_pretrained(source).do_normalize)
+            except (OSError, ValueError, AttributeError):
+                pass
+    return Wav2Vec2FamilyEncoder(model, name, normalize=normalize).eval()
 
 
 def random_config(family: str, size: str = "tiny"):
@@ -157,14 +141,13 @@ def random_config(family: str, size: str = "tiny"):
 
 def available_encoders() -> list[dict]:
     """What can be used here, and how to get the rest (for ``gmptl encoders``)."""
-    rows = []
     try:
         path = builtin_model_dir() / "model.bin"
         ok, where = path.is_file(), str(path)
     except EncoderError as e:
         ok, where = False, str(e)
-    rows.append({"spec": BUILTIN_NAME, "family": "whisper", "available": ok, "source": where,
-                 "note": "built in, offline: Whisper tiny.en encoder (4 layers, 384 dims), sha256 checked on load"})
+    rows = [{"spec": BUILTIN_NAME, "family": "whisper", "available": ok, "source": where,
+             "note": "built in, offline: Whisper tiny.en encoder (4 layers, 384 dims), sha256 checked on load"}]
     for family in (*FAMILIES, "whisper"):
         rows.append({"spec": f"random:{family}-<tiny|base>", "family": family, "available": True,
                      "source": "random weights", "note": "tests (tiny) and timing (base) only"})

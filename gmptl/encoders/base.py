@@ -11,12 +11,10 @@ class EncoderOutput:
     """What every speech encoder returns.
 
     Attributes:
-        hidden_states: ``num_layers + 1`` tensors of shape (B, T, D): index 0 is the
-            input of the first transformer layer, index ``i`` the output of layer ``i``
-            (the last one after the final layer norm where the model has one), so a
-            negative index counts from the top as in the paper's Table 3.
-        lengths: (B,) number of valid frames of each utterance; frames past it are
-            padding and carry no meaning.
+        hidden_states: ``num_layers + 1`` tensors of shape (B, T, D): index 0 is the input of the first
+            transformer layer, index ``i`` the output of layer ``i`` (the last one after the final layer norm
+            where the model has one), so a negative index counts from the top as in the paper's Table 3.
+        lengths: (B,) number of valid frames of each utterance; frames past it are padding and carry no meaning.
     """
 
     hidden_states: list[torch.Tensor]
@@ -26,9 +24,9 @@ class EncoderOutput:
 class SpeechEncoder(nn.Module):
     """Base class of all encoders: a pretrained model behind one narrow contract.
 
-    Subclasses set ``hidden_size``, ``num_layers`` and ``name``, and implement
-    ``frame_lengths`` and ``forward``. Every encoder owns a learned ``mask_embedding``
-    (D,) that replaces the frames of ``frame_mask`` (HuBERT-style masked prediction).
+    Subclasses set ``hidden_size``, ``num_layers`` and ``name``, and implement ``frame_lengths`` and
+    ``forward``. Every encoder owns a learned ``mask_embedding`` (D,) that replaces the frames of
+    ``frame_mask`` (HuBERT-style masked prediction).
     """
 
     sample_rate = 16000
@@ -50,9 +48,8 @@ class SpeechEncoder(nn.Module):
         Args:
             waveforms: (B, S) float32 mono audio at ``sample_rate``.
             lengths: (B,) valid samples of each row.
-            frame_mask: optional (B, T) bool, True where the frame is replaced by
-                ``mask_embedding`` before the transformer sees it. ``T`` must equal
-                ``frame_lengths(lengths).max()``.
+            frame_mask: optional (B, T) bool, True where the frame is replaced by ``mask_embedding`` before
+                the transformer sees it. ``T`` must equal ``frame_lengths(lengths).max()``.
         """
         raise NotImplementedError
 
@@ -82,9 +79,8 @@ class SpeechEncoder(nn.Module):
 
     def describe(self) -> dict:
         """JSON-ready facts about this encoder (saved beside every model)."""
-        return {"name": self.name, "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers, "sample_rate": self.sample_rate,
-                "frame_rate": self.frame_rate}
+        return {"name": self.name, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "sample_rate": self.sample_rate, "frame_rate": self.frame_rate}
 
 
 def valid_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
@@ -103,13 +99,11 @@ def attention_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | No
     None when nothing is padded (no bias to add, and SDPA can take a faster kernel)."""
     if not exporting() and bool(valid.all()):
         return None
-    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
-    bias.masked_fill_(~valid, torch.finfo(dtype).min)
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, torch.finfo(dtype).min)
     return bias[:, None, None, :]
 
 
-def apply_frame_mask(x: torch.Tensor, frame_mask: torch.Tensor | None,
-                     embedding: torch.Tensor) -> torch.Tensor:
+def apply_frame_mask(x: torch.Tensor, frame_mask: torch.Tensor | None, embedding: torch.Tensor) -> torch.Tensor:
     """Replace the frames of ``frame_mask`` (B, T) in ``x`` (B, T, D) by ``embedding`` (D,)."""
     if frame_mask is None:
         return x

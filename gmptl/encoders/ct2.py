@@ -19,12 +19,11 @@ BUILTIN_NAME = "whisper-tiny.en"
 # CTranslate2's DataType enum, in the order of its C++ header.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
+# Per encoder layer, transformers' name of each module -> CTranslate2's (besides the fused q, k, v projection).
+LAYER_PARAMS = {"self_attn.out_proj": "self_attention/linear_1", "self_attn_layer_norm": "self_attention/layer_norm",
+                "fc1": "ffn/linear_0", "fc2": "ffn/linear_1", "final_layer_norm": "ffn/layer_norm"}
+
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """Where gmptl keeps what it derives once per machine: ``$GMPTL_CACHE`` or ``~/.cache/gmptl``."""
-    return Path(os.environ.get("GMPTL_CACHE") or Path.home() / ".cache" / "gmptl")
 
 
 def builtin_model_dir() -> Path:
@@ -77,18 +76,13 @@ def read_variables(path: Path, prefix: str = "encoder/") -> dict[str, np.ndarray
                 continue
             if dtype not in _DTYPES:
                 raise EncoderError(f"{path}: variable {name} has unsupported dtype id {dtype}")
-            data = np.frombuffer(f.read(nbytes), dtype=_DTYPES[dtype])
-            out[name[len(prefix):]] = data.reshape(shape)
+            out[name[len(prefix):]] = np.frombuffer(f.read(nbytes), dtype=_DTYPES[dtype]).reshape(shape)
     return out
 
 
 def whisper_encoder_from_ct2(model_dir, expected_sha256: str | None = None):
-    """Build a float32 transformers ``WhisperEncoder`` from a CTranslate2 Whisper model.
-
-    Args:
-        model_dir: a directory with ``model.bin`` (as written by ct2-transformers-converter).
-        expected_sha256: if given, the file must have this digest.
-    """
+    """A float32 transformers ``WhisperEncoder`` from a CTranslate2 Whisper model: ``model_dir`` holds
+    ``model.bin`` (as ct2-transformers-converter writes it), of digest ``expected_sha256`` where given."""
     path = Path(model_dir) / "model.bin"
     if not path.is_file():
         raise EncoderError(f"{path}: no CTranslate2 model file")
@@ -110,28 +104,22 @@ def encoder_from_variables(v: dict[str, torch.Tensor]):
         max_source_positions=v["position_encodings/encodings"].shape[0],
         decoder_layers=1, decoder_attention_heads=int(v["num_heads"]))
 
-    state = {"embed_positions.weight": v["position_encodings/encodings"],
-             "layer_norm.weight": v["layer_norm/gamma"], "layer_norm.bias": v["layer_norm/beta"]}
-    for conv in ("conv1", "conv2"):
-        state[f"{conv}.weight"], state[f"{conv}.bias"] = v[f"{conv}/weight"], v[f"{conv}/bias"]
+    def params(ours: str, theirs: str) -> dict[str, torch.Tensor]:  # CTranslate2: a layer norm's gamma, beta
+        w, b = ("gamma", "beta") if theirs.endswith("layer_norm") else ("weight", "bias")
+        return {f"{ours}.weight": v[f"{theirs}/{w}"], f"{ours}.bias": v[f"{theirs}/{b}"]}
+
+    state = {"embed_positions.weight": v["position_encodings/encodings"], **params("layer_norm", "layer_norm"),
+             **params("conv1", "conv1"), **params("conv2", "conv2")}
     for i in range(num_layers):
         src, dst = f"layer_{i}/", f"layers.{i}."
         # CTranslate2 fuses q, k, v into one projection; Whisper's k has no bias (zeros here).
         wq, wk, wv = v[src + "self_attention/linear_0/weight"].chunk(3)
         bq, _, bv = v[src + "self_attention/linear_0/bias"].chunk(3)
-        state.update({
-            dst + "self_attn.q_proj.weight": wq, dst + "self_attn.q_proj.bias": bq,
-            dst + "self_attn.k_proj.weight": wk,
-            dst + "self_attn.v_proj.weight": wv, dst + "self_attn.v_proj.bias": bv,
-            dst + "self_attn.out_proj.weight": v[src + "self_attention/linear_1/weight"],
-            dst + "self_attn.out_proj.bias": v[src + "self_attention/linear_1/bias"],
-            dst + "self_attn_layer_norm.weight": v[src + "self_attention/layer_norm/gamma"],
-            dst + "self_attn_layer_norm.bias": v[src + "self_attention/layer_norm/beta"],
-            dst + "fc1.weight": v[src + "ffn/linear_0/weight"], dst + "fc1.bias": v[src + "ffn/linear_0/bias"],
-            dst + "fc2.weight": v[src + "ffn/linear_1/weight"], dst + "fc2.bias": v[src + "ffn/linear_1/bias"],
-            dst + "final_layer_norm.weight": v[src + "ffn/layer_norm/gamma"],
-            dst + "final_layer_norm.bias": v[src + "ffn/layer_norm/beta"],
-        })
+        state.update({dst + "self_attn.q_proj.weight": wq, dst + "self_attn.q_proj.bias": bq,
+                      dst + "self_attn.k_proj.weight": wk, dst + "self_attn.v_proj.weight": wv,
+                      dst + "self_attn.v_proj.bias": bv})
+        for ours, theirs in LAYER_PARAMS.items():
+            state.update(params(dst + ours, src + theirs))
     encoder = WhisperEncoder(config)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
@@ -140,16 +128,15 @@ def encoder_from_variables(v: dict[str, torch.Tensor]):
 def builtin_encoder():
     """The built-in Whisper tiny.en encoder, through a per-machine cache.
 
-    The first call converts the wheel's ``model.bin`` (75 MB, encoder and decoder,
-    sha256 checked) and keeps the encoder's variables, float16 as shipped (so
-    nothing is rounded), in ``cache_dir()/whisper-tiny.en.encoder.safetensors``; later
-    calls read that 16 MB file. A cache file that does not come from the checked
-    model (its recorded source digest differs) is ignored and rewritten.
+    The first call converts the wheel's ``model.bin`` (75 MB, encoder and decoder, sha256 checked) and keeps
+    the encoder's variables, float16 as shipped (so nothing is rounded), in ``whisper-tiny.en.encoder.safetensors``
+    of ``$GMPTL_CACHE`` (default ``~/.cache/gmptl``); later calls read that 16 MB file. A cache file that does
+    not come from the checked model (its recorded source digest differs) is ignored and rewritten.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    cache = cache_dir() / f"{BUILTIN_NAME}.encoder.safetensors"
+    cache = Path(os.environ.get("GMPTL_CACHE") or Path.home() / ".cache/gmptl") / f"{BUILTIN_NAME}.encoder.safetensors"
     if cache.is_file():
         try:
             with safe_open(str(cache), "pt") as f:

@@ -13,28 +13,24 @@ FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
 class Wav2Vec2FamilyEncoder(SpeechEncoder):
     """A transformers ``HubertModel``/``Wav2Vec2Model``/``WavLMModel``/``Data2VecAudioModel``.
 
-    The model's own sub-modules run in a loop written out here, for three reasons:
-    every layer's output is returned, frames are masked with our own spans (the
-    model's random SpecAugment is switched off), and a padded batch gives the same
-    result as its rows one by one. transformers' forward does not guarantee the
-    last: the group norm of HuBERT-base's first convolution normalises over the
-    padding too, and data2vec-audio's stacked positional convolutions leak it.
+    The model's own sub-modules run in a loop written out here, for three reasons: every layer's output is
+    returned, frames are masked with our own spans (the model's random SpecAugment is switched off), and a
+    padded batch gives the same result as its rows one by one. transformers' forward does not guarantee the
+    last: the group norm of HuBERT-base's first convolution normalises over the padding too, and
+    data2vec-audio's stacked positional convolutions leak it.
 
     Args:
         model: the transformers model (not a ``...ForCTC`` wrapper).
         name: how this encoder was asked for (saved with models).
-        normalize: zero-mean unit-variance input per utterance, as the model's feature
-            extractor did in pre-training (``do_normalize`` of its preprocessor config).
+        normalize: zero-mean unit-variance input per utterance, as the model's feature extractor did in
+            pre-training (``do_normalize`` of its preprocessor config).
     """
 
     def __init__(self, model: nn.Module, name: str, normalize: bool = False):
         super().__init__()
-        self.model = model
-        self.name = name
-        self.normalize = normalize
+        self.model, self.name, self.normalize = model, name, normalize
         config = model.config
-        self.hidden_size = config.hidden_size
-        self.num_layers = config.num_hidden_layers
+        self.hidden_size, self.num_layers = config.hidden_size, config.num_hidden_layers
         self.stable_layer_norm = bool(getattr(config, "do_stable_layer_norm", False))
         # Start from the model's own pre-trained mask embedding where it has one.
         init = getattr(model, "masked_spec_embed", None)
@@ -58,8 +54,7 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
                                          config.conv_stride):
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
             if isinstance(getattr(layer, "layer_norm", None), nn.GroupNorm):
-                # Group norm with one group per channel = instance norm over time:
-                # take its statistics from the valid frames only.
+                # Group norm with one group per channel = instance norm over time: valid frames' statistics.
                 x = layer.activation(masked_instance_norm(layer.conv(x), lengths, layer.layer_norm))
             else:
                 x = layer(x)
@@ -118,10 +113,9 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
 def masked_instance_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """``norm`` (one group per channel) on (B, C, T), statistics over the first ``lengths`` frames.
 
-    Without padding this is ``norm`` itself (except while exporting, where the graph
-    must serve padded batches too). Sums over time are matrix products with the
-    (B, T, 1) mask, and the affine map is one fused op: this layer has 512 channels
-    at 320 frames per 20 ms, the largest tensor of the whole encoder.
+    Without padding this is ``norm`` itself (except while exporting, where the graph must serve padded
+    batches too). Sums over time are matrix products with the (B, T, 1) mask, and the affine map is one
+    fused op: this layer has 512 channels at 320 frames per 20 ms, the largest tensor of the whole encoder.
     """
     if not exporting() and bool((lengths >= x.shape[2]).all()):
         return norm(x)

@@ -31,8 +31,8 @@ def dft_kernels(window: torch.Tensor) -> torch.Tensor:
 def reflect_index(lengths: torch.Tensor, total: int) -> torch.Tensor:
     """(B, total + N_FFT) sample positions of each row reflect-padded by N_FFT // 2 within its own length.
 
-    This is ``torch.stft(center=True)``'s padding, row by row, as one gather: the
-    frames near the end of a short row see its own reflection, not the batch's zeros.
+    This is ``torch.stft(center=True)``'s padding, row by row, as one gather: the frames near the end of
+    a short row see its own reflection, not the batch's zeros.
     """
     pos = torch.arange(total + N_FFT, device=lengths.device)[None, :] - N_FFT // 2
     n = lengths[:, None]
@@ -44,32 +44,25 @@ def reflect_index(lengths: torch.Tensor, total: int) -> torch.Tensor:
 class WhisperSpeechEncoder(SpeechEncoder):
     """A transformers ``WhisperEncoder`` driven on inputs of any length up to 30 s.
 
-    Whisper pads every input to 30 s; here the positional embeddings are sliced to
-    the longest utterance of the batch and padded frames are hidden from attention,
-    so a short clip costs what it lasts and a padded batch equals its rows one by one.
-
-    Args:
-        model: a ``transformers.models.whisper.modeling_whisper.WhisperEncoder``.
-        name: how this encoder was asked for (saved with models).
+    Whisper pads every input to 30 s; here the positional embeddings are sliced to the longest utterance
+    of the batch and padded frames are hidden from attention, so a short clip costs what it lasts and a
+    padded batch equals its rows one by one. ``name``: how this encoder was asked for (saved with models).
     """
 
     def __init__(self, model: nn.Module, name: str):
         super().__init__()
-        self.model = model
-        self.name = name
+        self.model, self.name = model, name
         config = model.config
-        self.hidden_size = config.d_model
-        self.num_layers = config.encoder_layers
+        self.hidden_size, self.num_layers = config.d_model, config.encoder_layers
         self.max_samples = config.max_source_positions * 2 * HOP
         self.register_buffer("filters", mel_filters(config.num_mel_bins), persistent=False)
         self.register_buffer("dft", dft_kernels(torch.hann_window(N_FFT)), persistent=False)
-        # Whisper was never trained with masking: the embedding starts as the mean
-        # positional-free input scale (zeros) and is learned in stage 2.
+        # Whisper was never trained with masking: the embedding starts as the mean positional-free input
+        # scale (zeros) and is learned in stage 2.
         self.mask_embedding = nn.Parameter(torch.zeros(self.hidden_size))
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        mel = lengths // HOP
-        return (mel + 1) // 2  # conv2: kernel 3, stride 2, padding 1
+        return (lengths // HOP + 1) // 2  # mel frames, then conv2: kernel 3, stride 2, padding 1
 
     def frontend_parameters(self):
         return [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
@@ -77,9 +70,9 @@ class WhisperSpeechEncoder(SpeechEncoder):
     def features(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio -> (B, n_mels, S // HOP) Whisper log-mel, zero past each row's end; (B,) mel lengths.
 
-        Equal to Whisper's feature extractor on each utterance alone (the STFT with
-        its reflect padding, power, Slaney mel, log10, 80 dB floor below the
-        utterance's own maximum, scaling), computed for the whole batch at once.
+        Equal to Whisper's feature extractor on each utterance alone (the STFT with its reflect padding,
+        power, Slaney mel, log10, 80 dB floor below the utterance's own maximum, scaling), computed for the
+        whole batch at once.
         """
         if not torch.jit.is_tracing() and int(lengths.max()) > self.max_samples:
             raise EncoderError(f"{self.name} takes at most {self.max_samples / self.sample_rate:.0f} s of audio "
