@@ -283,6 +283,21 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    renames = [m.strip() for m in args.map.split(",")] if args.map else []
+    out = Path(args.out or f"runs/evaluate-{args.corpus}")
+    r = evaluate(args.model, args.corpus, args.root, out, args.fold, renames, args.batch_size)
+    print(f"{args.model} on {r['corpus']}" + (f" fold {args.fold}" if args.fold else "") + ", labels "
+          + ", ".join(f"{k}->{v}" if k != v else k for k, v in r["map"].items())
+          + (f"; left out: {', '.join(f'{k} {n}' for k, n in r['left_out'].items())}" if r["left_out"] else ""))
+    print(f"WAR {r['war']:.2f}  UAR {r['uar']:.2f}  F1 {r['f1']:.2f}  ({r['n']} utterances); recall: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in r["recall"].items()))
+    print(f"results: {out / 'result.json'}, predictions: {out / 'predictions.jsonl'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
 
@@ -407,7 +422,17 @@ def add_training_commands(sub) -> None:
 
 
 def add_model_commands(sub) -> None:
-    """predict, serve, export: using a trained model."""
+    """evaluate, predict, serve, export: using a trained model."""
+    p = command(sub, "evaluate", cmd_evaluate, help="score a model on another corpus (cross-corpus), labels by name")
+    p.add_argument("model", help="a model directory")
+    p.add_argument("--corpus", required=True, help="iemocap, ravdess, emodb, cremad or manifest")
+    p.add_argument("--root", required=True, help="the corpus directory (a CSV/JSONL file for 'manifest')")
+    p.add_argument("--fold", type=int, help="only this fold's test speakers (default: every utterance)")
+    p.add_argument("--map", metavar="FROM=TO,...", help="corpus labels renamed to model labels (e.g. calm=neutral); "
+                                                        "labels of the same name match, the rest are left out")
+    p.add_argument("--out", help="directory for result.json and predictions.jsonl (default runs/evaluate-CORPUS)")
+    p.add_argument("--batch-size", type=int, default=16, help="recordings per forward pass (default 16)")
+
     p = command(sub, "predict", cmd_predict, help="emotion of audio files, or of a long recording over time")
     p.add_argument("model", help="a model directory (gmptl train OUT/model, or a gmptl cv fold's model)")
     p.add_argument("paths", nargs="+", help="audio files, directories (searched recursively) or globs")

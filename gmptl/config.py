@@ -23,9 +23,18 @@ SYSTEMS = ("gmp-tl", "finetune", "probe")
 
 
 @dataclass
+class CorpusSource:
+    corpus: str                        # iemocap, ravdess, emodb, cremad, manifest
+    root: str                          # its directory (a CSV/JSONL file for manifest)
+    map: list[str] = field(default_factory=list)  # FROM=TO label renames, e.g. [calm=neutral]
+
+
+@dataclass
 class DataConfig:
     corpus: str = "ravdess"            # iemocap, ravdess, emodb, cremad, manifest
     root: str = ""                     # corpus directory (a CSV/JSONL file for manifest)
+    corpora: list[CorpusSource] = field(default_factory=list)  # train on several corpora at once (then corpus
+                                       # and root are unused): speakers and folds namespaced by corpus
     classes: list[str] | None = None   # label subset, in this order; None: the corpus's own
     speaker_dependent: bool = False    # True: accept a manifest without speakers (each file its own); its
                                        # folds and results are then labelled speaker-dependent
@@ -171,6 +180,8 @@ class Config:
              "train.batch_size must be a multiple of train.micro_batch"),
             (0.0 < self.data.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)"),
             (self.data.cache_mb >= 0, "data.cache_mb must be >= 0"),
+            (not (self.data.corpora and self.data.root), "data.root: give data.corpora or data.root, not both"),
+            (all("=" in m for c in self.data.corpora for m in c.map), "data.corpora map entries are FROM=TO"),
             (bool(self.augment.speed) and all(0.5 <= f <= 2.0 for f in self.augment.speed),
              "augment.speed must be factors in [0.5, 2]"),
             (len(self.augment.noise_snr) == 2 and self.augment.noise_snr[0] <= self.augment.noise_snr[1],

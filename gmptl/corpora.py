@@ -139,8 +139,9 @@ def _gender(value: str | None) -> str | None:
 
 
 def _natural(text: str):
-    """Sort key putting numeric strings in numeric order."""
-    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+    """Sort key putting numeric strings in numeric order, after a ``<corpus>/`` prefix (``combine``)."""
+    head, _, tail = text.rpartition("/")
+    return (head, 0, int(tail), "") if tail.isdigit() else (head, 1, 0, tail)
 
 
 def _item(path, id: str, emotion: str, gender: str | None, speaker: str, group: str) -> Utterance:
@@ -376,8 +377,43 @@ CORPORA: dict[str, Adapter] = {
 
 # ----------------------------------------------------------------------------- public functions
 def configured_corpus(data) -> Corpus:
-    """The corpus a config's ``data`` section (``gmptl.config.DataConfig``) names."""
+    """The corpus a config's ``data`` section (``gmptl.config.DataConfig``) names: one, or with
+    ``data.corpora`` the union of several (``combine``)."""
+    if data.corpora:
+        return combine([load_corpus(c.corpus, c.root, speaker_dependent=data.speaker_dependent) for c in data.corpora],
+                       [label_map(c.map) for c in data.corpora], data.classes)
     return load_corpus(data.corpus, data.root, classes=data.classes, speaker_dependent=data.speaker_dependent)
+
+
+def label_map(pairs: list[str]) -> dict[str, str]:
+    """``["calm=neutral", ...]`` -> ``{"calm": "neutral", ...}``."""
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def combine(corpora: list[Corpus], maps: list[dict[str, str]], classes: list[str] | None = None) -> Corpus:
+    """Several corpora as one: labels renamed by each corpus's map, kept if in ``classes`` (None: every label
+    any corpus has, sorted); ids, speakers and fold groups prefixed ``<corpus>/``, so no two corpora share a
+    speaker and every fold tests one group of one corpus, speaker-independent as each corpus's own folds."""
+    if len({c.name for c in corpora}) < len(corpora):
+        raise CorpusError(f"data.corpora: {', '.join(c.name for c in corpora)}: give each corpus once")
+    renamed = [[replace(u, emotion=m.get(u.emotion, u.emotion)) for u in c.utterances] for c, m in zip(corpora, maps)]
+    found = sorted({u.emotion for us in renamed for u in us})
+    if classes is not None and (unknown := [k for k in classes if k not in found]):
+        raise CorpusError(f"data.classes: {', '.join(unknown)} in none of the corpora (labels: {', '.join(found)})")
+    labels = list(classes) if classes is not None else found
+    utterances, dropped = [], Counter()
+    for c, us in zip(corpora, renamed):
+        for u in us:
+            if u.emotion in labels:
+                utterances.append(replace(u, id=f"{c.name}/{u.id}", speaker=f"{c.name}/{u.speaker}",
+                                          group=f"{c.name}/{u.group}"))
+            else:
+                dropped[f"{c.name}/{u.emotion}"] += 1
+        dropped.update({f"{c.name}/{k}": v for k, v in c.dropped.items()})
+    return Corpus("+".join(c.name for c in corpora), ";".join(c.root for c in corpora), labels,
+                  sorted(utterances, key=lambda u: u.id), [p for c in corpora for p in c.problems],
+                  dict(sorted(dropped.items())), [w for c in corpora for w in c.warnings],
+                  speaker_independent=all(c.speaker_independent for c in corpora))
 
 
 def load_corpus(name: str, root, classes: list[str] | None = None, speaker_dependent: bool = False) -> Corpus:

@@ -184,8 +184,8 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     stages["pseudo"] = build_pseudo_labels(model.encoder, train, valid, dirs["pseudo"], p.layer, p.scales,
                                            p.max_frames, p.iterations, cfg.train.seed, d.eval_max_seconds,
                                            backend=p.backend, kmeans=p.kmeans)
-    train_labels = load_labels(dirs["pseudo"], "train", p.scales)
-    valid_labels = load_labels(dirs["pseudo"], "valid", p.scales)
+    train_labels = load_labels(dirs["pseudo"], "train", p.scales, [u.id for u in train.utterances])
+    valid_labels = load_labels(dirs["pseudo"], "valid", p.scales, [u.id for u in valid.utterances])
 
     # Stage 2: masked prediction of the pseudo-labels, one LinearP per scale.
     torch.manual_seed(cfg.train.seed * 10 + 2)
@@ -310,7 +310,8 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
         if not test_utts:
             raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
         return run_probe(cfg, train, valid, audio(test_utts, "test"), out, info, start)
-    key = f"{cfg.data.corpus}/{info.get('fold', 'all')}"
+    corpus = "+".join(c.corpus for c in cfg.data.corpora) or cfg.data.corpus
+    key = f"{corpus}/{info.get('fold', 'all')}"
     dirs = step_dirs(cfg, out, shared, key)
     claim_steps(cfg, {s: d for s, d in dirs.items() if cfg.system == "gmp-tl" or s == "stage1"}, key)
     model, weights, stages = train_system(cfg, labels, train, valid, out, dirs)

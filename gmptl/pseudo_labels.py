@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import dist
 from .data import AudioSet, epoch_batches
+from .errors import ConfigError
 from .utils import atomic_json
 
 log = logging.getLogger(__name__)
@@ -316,9 +317,15 @@ def build_pseudo_labels(encoder, train: AudioSet, valid: AudioSet, out_dir: Path
     return report
 
 
-def load_labels(out_dir: Path, split: str, scales: list[int]) -> list[list[np.ndarray]]:
-    """Per utterance (dump order), per scale, its (T,) frame labels."""
+def load_labels(out_dir: Path, split: str, scales: list[int], ids: list[str]) -> list[list[np.ndarray]]:
+    """Per utterance (dump order), per scale, its (T,) frame labels, read from memory maps (a large corpus's
+    labels stay on disk). ``ids``: the utterances they are for, in order, checked against ``ids.txt``."""
+    dumped = (out_dir / f"{split}.ids.txt").read_text().split("\n")[:-1]
+    if dumped != list(ids):
+        first = next((i for i, (a, b) in enumerate(zip(dumped, ids)) if a != b), min(len(dumped), len(ids)))
+        raise ConfigError(f"{out_dir}: its {split} pseudo-labels are for other utterances ({len(dumped)} dumped, "
+                          f"{len(ids)} now, first difference at #{first}); remove the directory to make them anew")
     lengths = np.load(out_dir / f"{split}.lengths.npy")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    per_scale = [np.load(out_dir / f"{split}.km{k}.labels.npy") for k in scales]
+    per_scale = [np.load(out_dir / f"{split}.km{k}.labels.npy", mmap_mode="r") for k in scales]
     return [[labels[bounds[i]:bounds[i + 1]] for labels in per_scale] for i in range(len(lengths))]

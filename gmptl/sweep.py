@@ -188,8 +188,8 @@ def sweep(config: str, overrides: list[str], grid: list[str], out: Path, folds: 
             check_precision(cfg.train.device, cfg.train.precision)
     corpus = configured_corpus(cfgs[0].data)
     folds = check_folds(corpus, folds)
-    if any(c.data.corpus != cfgs[0].data.corpus or c.data.root != cfgs[0].data.root
-           or c.data.classes != cfgs[0].data.classes for c in cfgs):
+    if any((c.data.corpus, c.data.root, c.data.corpora, c.data.classes) != (cfgs[0].data.corpus, cfgs[0].data.root,
+           cfgs[0].data.corpora, cfgs[0].data.classes) for c in cfgs):
         raise ConfigError("--grid: the corpus and its classes must be the same in every config")
     out.mkdir(parents=True, exist_ok=True)
     if run and jobs > 1 and len(folds) > 1:

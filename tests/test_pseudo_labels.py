@@ -185,3 +185,17 @@ def test_cluster_sums_add_in_a_fixed_order_and_leave_the_global_setting(monkeypa
     assert torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(False)
     assert cluster_sums(x, idx, 9)[7:].abs().sum() == 0, "an empty cluster sums to zero"
+
+
+def test_stage2_labels_are_checked_against_the_utterances_they_were_dumped_for(tmp_path):
+    from gmptl.errors import ConfigError
+    from gmptl.pseudo_labels import load_labels
+
+    (tmp_path / "train.ids.txt").write_text("a\nb\nc\n")
+    np.save(tmp_path / "train.lengths.npy", np.array([2, 3, 1]))
+    np.save(tmp_path / "train.km4.labels.npy", np.arange(6, dtype=np.int32))
+    labels = load_labels(tmp_path, "train", [4], ["a", "b", "c"])
+    assert [u[0].tolist() for u in labels] == [[0, 1], [2, 3, 4], [5]]
+    for wrong in (["a", "c", "b"], ["a", "b"], ["a", "b", "c", "d"]):
+        with pytest.raises(ConfigError, match="other utterances"):
+            load_labels(tmp_path, "train", [4], wrong)

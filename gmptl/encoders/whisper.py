@@ -55,6 +55,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         config = model.config
         self.hidden_size, self.num_layers = config.d_model, config.encoder_layers
         self.max_samples = config.max_source_positions * 2 * HOP
+        self.num_mel_bins = config.num_mel_bins
         self.register_buffer("filters", mel_filters(config.num_mel_bins), persistent=False)
         self.register_buffer("dft", dft_kernels(torch.hann_window(N_FFT)), persistent=False)
         # Whisper was never trained with masking: the embedding starts as the mean positional-free input
@@ -67,12 +68,14 @@ class WhisperSpeechEncoder(SpeechEncoder):
     def frontend_parameters(self):
         return [*self.model.conv1.parameters(), *self.model.conv2.parameters()]
 
-    def features(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, waveforms: torch.Tensor, lengths: torch.Tensor,
+                 feature_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio -> (B, n_mels, S // HOP) Whisper log-mel, zero past each row's end; (B,) mel lengths.
 
         Equal to Whisper's feature extractor on each utterance alone (the STFT with its reflect padding,
         power, Slaney mel, log10, 80 dB floor below the utterance's own maximum, scaling), computed for the
-        whole batch at once.
+        whole batch at once. ``feature_mask`` (B, n_mels): bins set to 0 (SpecAugment, training only), as
+        transformers' ``mask_feature_prob`` does to Whisper's input features.
         """
         if not torch.jit.is_tracing() and int(lengths.max()) > self.max_samples:
             raise EncoderError(f"{self.name} takes at most {self.max_samples / self.sample_rate:.0f} s of audio "
@@ -86,12 +89,14 @@ class WhisperSpeechEncoder(SpeechEncoder):
         valid = valid_mask(mel_lengths, mel.shape[2])[:, None, :]
         peak = mel.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True)
         mel = (torch.maximum(mel, peak - 8.0) + 4.0) / 4.0  # 80 dB below the utterance's peak
+        if feature_mask is not None:
+            mel = mel.masked_fill(feature_mask[:, :, None], 0.0)
         return mel * valid.to(mel.dtype), mel_lengths
 
-    def forward(self, waveforms, lengths, frame_mask=None) -> EncoderOutput:
+    def forward(self, waveforms, lengths, frame_mask=None, feature_mask=None) -> EncoderOutput:
         m = self.model
         with torch.autocast(waveforms.device.type, enabled=False):  # the log-mel in fp32 under bf16 autocast
-            mel, mel_lengths = self.features(waveforms.float(), lengths)
+            mel, mel_lengths = self.features(waveforms.float(), lengths, feature_mask)
         x = F.gelu(m.conv1(mel))  # (B, D, M)
         # conv2 must see zeros past each utterance, as it does when run alone.
         x = x * valid_mask(mel_lengths, x.shape[2])[:, None, :]
