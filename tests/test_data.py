@@ -79,3 +79,18 @@ def test_a_file_that_fails_to_decode_is_left_out_and_named(tmp_path):
     seen = [i for b in epoch_batches(lazy, 3, 8.0, None) for i in b.index.tolist()]
     assert sorted(seen) == [i for i in range(7) if utts[i].path != str(bad)], "its batch goes on without it"
     assert [e.path for e in lazy.failed] == [str(bad)] and "NaN" in lazy.failed[0].reason
+
+
+def test_the_plan_draws_what_the_batches_held_in_memory_always_drew(tmp_path):
+    """The order and crops of the loader before DataLoader workers, written out here: buckets from the seeded
+    generator, then each batch's crop offsets drawn in turn from the same generator."""
+    utts = corpus_files(tmp_path, 20)
+    data, max_samples = AudioSet(utts, ["a", "b"], cache_mb=0), 2 * 16000
+    rng = np.random.default_rng(7)
+    expected = []
+    for idx in bucket_batches(np.minimum(data.lengths, max_samples), 4, rng):
+        offsets = [int(rng.integers(0, (n - max_samples) // FRAME_HOP + 1)) * FRAME_HOP if n > max_samples else 0
+                   for n in data.lengths[idx]]
+        expected.append((idx.tolist(), offsets))
+    got = [(b.index.tolist(), b.offset.tolist()) for b in epoch_batches(data, 4, 2.0, np.random.default_rng(7))]
+    assert got == expected
