@@ -21,7 +21,10 @@ def fatal(message: str, code: int = 2) -> None:
 
 def fold_numbers(args) -> list[int] | None:
     """``--folds 1,3`` as numbers; None (every fold) when not given."""
-    return [int(f) for f in args.folds.split(",")] if args.folds else None
+    try:
+        return [int(f) for f in args.folds.split(",")] if args.folds else None
+    except ValueError:
+        raise GmptlError(f"--folds {args.folds}: give fold numbers, e.g. 1,3") from None
 
 
 def given(args, *names: str) -> list[str]:
@@ -161,7 +164,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     claim_run_dir(cfg, out)
     corpus = configured_corpus(cfg.data)
-    if args.fold:
+    if args.fold is not None:
         result = run_fold(cfg, corpus, args.fold, out)
     else:
         train, valid = validation_split(corpus.utterances, cfg.data.valid_fraction, seed=cfg.train.seed)
@@ -289,7 +292,7 @@ def cmd_evaluate(args) -> int:
     renames = [m.strip() for m in args.map.split(",")] if args.map else []
     out = Path(args.out or f"runs/evaluate-{args.corpus}")
     r = evaluate(args.model, args.corpus, args.root, out, args.fold, renames, args.batch_size)
-    print(f"{args.model} on {r['corpus']}" + (f" fold {args.fold}" if args.fold else "") + ", labels "
+    print(f"{args.model} on {r['corpus']}" + (f" fold {args.fold}" if args.fold is not None else "") + ", labels "
           + ", ".join(f"{k}->{v}" if k != v else k for k, v in r["map"].items())
           + (f"; left out: {', '.join(f'{k} {n}' for k, n in r['left_out'].items())}" if r["left_out"] else ""))
     print(f"WAR {r['war']:.2f}  UAR {r['uar']:.2f}  F1 {r['f1']:.2f}  ({r['n']} utterances); recall: "

@@ -34,7 +34,7 @@ def evaluate(model_dir, corpus_name: str, root, out: Path, fold: int | None = No
 
     recognizer = load(model_dir)
     corpus = load_corpus(corpus_name, root, speaker_dependent=True)  # no training here: any speakers will do
-    utterances = corpus.fold(fold).test if fold else corpus.utterances
+    utterances = corpus.fold(fold).test if fold is not None else corpus.utterances
     match = matched_labels(recognizer.labels, corpus.labels, label_map(list(renames)))
     kept = [u for u in utterances if u.emotion in match]
     rows, failed = [], []
