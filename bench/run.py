@@ -552,28 +552,48 @@ def bench_train_memory(args, work: Path) -> dict:
     return out
 
 
-def bench_train_throughput(args, work: Path) -> dict:
-    """RAVDESS training throughput through ``train.fit`` (Whisper tiny.en, stage 1, 4 s crops, 2 actors,
-    one epoch): held in memory (the default for a corpus this size, and what gmptl always did) beside
-    decoded on demand by DataLoader workers."""
-    from gmptl.config import load_config
-    from gmptl.pipeline import classifier, new_encoder, stage1_loss
-    from gmptl.train import Stage, fit, training_batches
+THROUGHPUT = """
+import json, sys, torch
+from pathlib import Path
+from gmptl.config import load_config
+from gmptl.corpora import load_corpus
+from gmptl.data import AudioSet
+from gmptl.pipeline import classifier, new_encoder, stage1_loss
+from gmptl.train import Stage, fit, training_batches
+ravdess, config, work, mode = sys.argv[1:5]
+corpus = load_corpus("ravdess", ravdess)
+utts = [u for u in corpus.utterances if u.speaker in ("Actor_01", "Actor_02")]
+cfg = load_config(config, ["stage1.epochs=2", "train.patience=5"])
+data = AudioSet(utts, corpus.labels, mode, **({} if mode == "baseline" else {"cache_mb": 0 if mode == "on_demand" else 512}))
+torch.manual_seed(0)
+model = classifier(cfg, new_encoder(cfg), len(corpus.labels), gender=True, kind="linear")
+summary = fit(Stage("stage1", model, stage1_loss(0.9), lambda m: {"score": 0.0}, 2),
+              training_batches(data, cfg.train, 4.0), cfg.train, Path(work))
+print(json.dumps([r["train_audio_s_per_s"] for r in summary["history"]]))
+"""
 
-    corpus = load_corpus("ravdess", args.ravdess)
-    utts = [u for u in corpus.utterances if u.speaker in ("Actor_01", "Actor_02")]
-    out = {}
-    for name, cache, workers in (("in_memory", 512, 0), ("on_demand", 0, None)):
-        cfg = load_config(REPO / "configs" / "ravdess_whisper_tiny.yaml", ["stage1.epochs=1", "train.patience=1"])
-        data = AudioSet(utts, corpus.labels, name, cache_mb=cache, workers=workers)
-        torch.manual_seed(0)
-        model = classifier(cfg, new_encoder(cfg), len(corpus.labels), gender=True, kind="linear")
-        stage = Stage("stage1", model, stage1_loss(0.9), lambda m: {"score": 0.0}, 1)
-        summary = fit(stage, training_batches(data, cfg.train, 4.0), cfg.train, work / f"throughput_{name}")
-        shutil.rmtree(work / f"throughput_{name}")
-        out[name] = summary["history"][0]["train_audio_s_per_s"]
-    out.update(ratio=round(out["on_demand"] / out["in_memory"], 2), workers=AudioSet([], []).workers,
-               target="in_memory (the default here) >= today's code, which held every split in memory")
+
+def bench_train_throughput(args, work: Path) -> dict:
+    """RAVDESS training throughput through ``train.fit`` (Whisper tiny.en, stage 1, 4 s crops, 2 actors, two
+    epochs, the second's figure), each in a fresh process: the code before DataLoader workers (``--baseline``,
+    checked out in a worktree), today's default (a corpus this size held in memory), and decoded on demand by
+    ``train.workers`` DataLoader workers."""
+    baseline = work / f"gmptl-{args.baseline}"
+    if not baseline.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True,
+                       capture_output=True)
+    out = {"baseline_commit": args.baseline}
+    for mode, tree in (("baseline", baseline), ("in_memory", REPO), ("on_demand", REPO)):
+        shutil.rmtree(work / f"throughput_{mode}", ignore_errors=True)
+        done = subprocess.run([sys.executable, "-c", THROUGHPUT, str(args.ravdess), str(REPO / "configs" /
+                               "ravdess_whisper_tiny.yaml"), str(work / f"throughput_{mode}"), mode],
+                              cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{mode}: {done.stderr[-2000:]}")
+        out[mode] = json.loads(done.stdout.strip().splitlines()[-1])[-1]
+    out.update(ratio=round(out["in_memory"] / out["baseline"], 2), on_demand_ratio=round(out["on_demand"] /
+               out["baseline"], 2), workers=min(4, os.cpu_count() or 1),
+               target="in_memory (the default for a corpus this size) / baseline >= 1 within run-to-run noise")
     return out
 
 
@@ -591,6 +611,7 @@ def main() -> None:
     parser.add_argument("--kmeans-seeds", type=int, default=3, help="seeds per side in kmeans_vs_sklearn")
     parser.add_argument("--cuda-batch", type=int, default=32, help="clips of 4 s per step in cuda_paths")
     parser.add_argument("--cuda-steps", type=int, default=5, help="timed steps per variant in cuda_paths, cpu_bf16")
+    parser.add_argument("--baseline", default="becd5a6", help="commit before DataLoader workers (train_throughput)")
     parser.add_argument("--scales", type=lambda s: [int(k) for k in s.split(",")], default=[64, 512, 4096])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
