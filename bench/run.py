@@ -575,22 +575,24 @@ print(json.dumps([r["train_audio_s_per_s"] for r in summary["history"]]))
 
 def bench_train_throughput(args, work: Path) -> dict:
     """RAVDESS training throughput through ``train.fit`` (Whisper tiny.en, stage 1, 4 s crops, 2 actors, two
-    epochs, the second's figure), each in a fresh process: the code before DataLoader workers (``--baseline``,
+    epochs, the second's figure; the median of 3 interleaved rounds), each in a fresh process: the code before DataLoader workers (``--baseline``,
     checked out in a worktree), today's default (a corpus this size held in memory), and decoded on demand by
     ``train.workers`` DataLoader workers."""
     baseline = work / f"gmptl-{args.baseline}"
     if not baseline.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True,
                        capture_output=True)
-    out = {"baseline_commit": args.baseline}
-    for mode, tree in (("baseline", baseline), ("in_memory", REPO), ("on_demand", REPO)):
-        shutil.rmtree(work / f"throughput_{mode}", ignore_errors=True)
-        done = subprocess.run([sys.executable, "-c", THROUGHPUT, str(args.ravdess), str(REPO / "configs" /
-                               "ravdess_whisper_tiny.yaml"), str(work / f"throughput_{mode}"), mode],
-                              cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"{mode}: {done.stderr[-2000:]}")
-        out[mode] = json.loads(done.stdout.strip().splitlines()[-1])[-1]
+    runs = {"baseline": [], "in_memory": [], "on_demand": []}
+    for _ in range(3):  # interleaved rounds: a machine that slows down slows every mode alike
+        for mode, tree in (("baseline", baseline), ("in_memory", REPO), ("on_demand", REPO)):
+            shutil.rmtree(work / f"throughput_{mode}", ignore_errors=True)
+            done = subprocess.run([sys.executable, "-c", THROUGHPUT, str(args.ravdess), str(REPO / "configs" /
+                                   "ravdess_whisper_tiny.yaml"), str(work / f"throughput_{mode}"), mode],
+                                  cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{mode}: {done.stderr[-2000:]}")
+            runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1])[-1])
+    out = {"baseline_commit": args.baseline, "rounds": runs, **{m: float(np.median(v)) for m, v in runs.items()}}
     out.update(ratio=round(out["in_memory"] / out["baseline"], 2), on_demand_ratio=round(out["on_demand"] /
                out["baseline"], 2), workers=min(4, os.cpu_count() or 1),
                target="in_memory (the default for a corpus this size) / baseline >= 1 within run-to-run noise")
