@@ -4,22 +4,49 @@
 the request body and answers what ``gmptl predict`` gives per file; ``GET
 /v1/health`` and ``GET /v1/model`` describe the service; ``/docs`` is the OpenAPI
 page. Uploads over the size limit answer 413, audio that cannot be used 422 with
-the reason; bad input never reaches a 500.
+the reason; bad input never reaches a 500. With a token, ``/v1/predict`` and
+``/v1/model`` answer 401 without ``Authorization: Bearer <token>`` (health and docs
+stay open, for load balancers and readers).
 """
 
+import hmac
+import ipaddress
+import socket
+
 from .audio import decode_bytes
-from .errors import AudioError
+from .errors import AudioError, GmptlError
 from .inference import Prediction, Recognizer
 
 DEFAULT_MAX_MB = 50.0
 
 
-def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6)):
-    from fastapi import FastAPI, HTTPException, Request
+def loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback
+                   for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+def check_access(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without a token, unless told to (``--insecure``)."""
+    if not token and not insecure and not loopback(host):
+        raise GmptlError(f"--host {host}: beyond loopback anyone who reaches the port can use the model; give "
+                         "--token (or GMPTL_TOKEN), or --insecure to serve it open")
+
+
+def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6), token: str | None = None):
+    from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
 
     app = FastAPI(title="gmptl", version=recognizer.meta.get("gmptl_version", "0.1.0"),
                   description="Speech emotion recognition (GMP-TL). POST audio to /v1/predict.")
+
+    def authorized(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token and not (scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     async def audio_of(request: Request) -> tuple[bytes, str]:
         """The uploaded audio and its name; the body is refused with 413 as soon as it passes ``max_bytes``."""
@@ -47,7 +74,8 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
             raise HTTPException(422, "multipart upload without a 'file' field")
         return await upload.read(), upload.filename or "<upload>"
 
-    @app.post("/v1/predict", response_model=Prediction, responses={
+    @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorized)], responses={
+        401: {"description": "no or wrong bearer token (with --token)"},
         413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
     async def predict(request: Request):
         """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
@@ -63,7 +91,7 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
     def health():
         return {"status": "ok"}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=[Depends(authorized)])
     def model():
         encoder = recognizer.meta.get("encoder")
         return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate, "gender": recognizer.has_gender,
@@ -73,7 +101,9 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
     return app
 
 
-def serve(recognizer: Recognizer, host: str, port: int, max_bytes: int) -> None:
+def serve(recognizer: Recognizer, host: str, port: int, max_bytes: int, token: str | None = None,
+          insecure: bool = False) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(recognizer, max_bytes), host=host, port=port, log_level="info")
+    check_access(host, token, insecure)
+    uvicorn.run(create_app(recognizer, max_bytes, token), host=host, port=port, log_level="info")

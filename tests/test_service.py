@@ -104,3 +104,39 @@ def test_uploads_over_the_limit_are_413(server):
             yield big[i:i + 65536]
     assert httpx.post(f"{server}/v1/predict", content=chunks()).status_code == 413
     assert httpx.get(f"{server}/v1/health").status_code == 200, "the server is still up"
+
+
+def test_a_token_guards_prediction_and_the_model_not_health(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import create_app
+
+    model_dir = make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)
+    client = TestClient(create_app(gmptl.load(model_dir), token="s3cret"))
+    body = wav_bytes()
+    assert client.post("/v1/predict", content=body).status_code == 401
+    wrong = client.post("/v1/predict", content=body, headers={"Authorization": "Bearer s3cre"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/model").status_code == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.post("/v1/predict", content=body, headers=good).json()["label"] in ("neutral", "happy", "sad", "angry")
+    assert client.get("/v1/model", headers=good).status_code == 200
+    assert client.get("/v1/health").status_code == 200, "load balancers need no token"
+    assert TestClient(create_app(gmptl.load(model_dir))).post("/v1/predict", content=body).status_code == 200
+
+
+def test_serving_beyond_loopback_needs_a_token_or_insecure(capsys):
+    from gmptl.__main__ import main
+    from gmptl.errors import GmptlError
+    from gmptl.service import check_access, loopback
+
+    assert loopback("127.0.0.1") and loopback("localhost") and loopback("::1") and not loopback("0.0.0.0")
+    with pytest.raises(GmptlError, match="--token"):
+        check_access("0.0.0.0", None, False)
+    check_access("0.0.0.0", "t", False)
+    check_access("0.0.0.0", None, True)
+    check_access("127.0.0.1", None, False)
+    with pytest.raises(SystemExit):  # refused before the model is even read (there is none here)
+        main(["serve", "no-such-model", "--host", "0.0.0.0"])
+    assert "beyond loopback" in capsys.readouterr().err
