@@ -5,8 +5,9 @@ the request body and answers what ``gmptl predict`` gives per file; ``GET
 /v1/health`` and ``GET /v1/model`` describe the service; ``/docs`` is the OpenAPI
 page. Uploads over the size limit answer 413, audio that cannot be used 422 with
 the reason; bad input never reaches a 500. With a token, ``/v1/predict`` and
-``/v1/model`` answer 401 without ``Authorization: Bearer <token>`` (health and docs
-stay open, for load balancers and readers).
+``/v1/model`` (and ``/metrics``) answer 401 without ``Authorization: Bearer <token>``
+(health and docs stay open, for load balancers and readers). ``GET /metrics``: Prometheus
+text (requests by path and status, latency, requests in flight, audio seconds scored).
 """
 
 import hmac
@@ -42,6 +43,15 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
 
     app = FastAPI(title="gmptl", version=recognizer.meta.get("gmptl_version", "0.1.0"),
                   description="Speech emotion recognition (GMP-TL). POST audio to /v1/predict.")
+
+    metrics = Metrics()
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        with metrics.in_flight.track_inprogress(), metrics.latency.labels(request.url.path).time():
+            response = await call_next(request)
+        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
 
     def authorized(request: Request) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -85,7 +95,15 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         except AudioError as e:
             raise HTTPException(422, e.reason) from None
         result = (await run_in_threadpool(recognizer.predict_waves, [wave]))[0]
+        metrics.audio.inc(result.duration)
         return {**result.to_dict(), "path": name}
+
+    @app.get("/metrics", dependencies=[Depends(authorized)], include_in_schema=False)
+    def prometheus():
+        from fastapi import Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/health")
     def health():
@@ -99,6 +117,21 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
                 "metrics": recognizer.meta.get("metrics", {}), "max_upload_bytes": max_bytes}
 
     return app
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gmptl_requests", "HTTP requests answered", ["path", "status"], registry=self.registry)
+        self.latency = Histogram("gmptl_request_seconds", "time to answer a request", ["path"], registry=self.registry,
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.in_flight = Gauge("gmptl_requests_in_flight", "requests received and not yet answered",
+                               registry=self.registry)
+        self.audio = Counter("gmptl_audio_seconds", "seconds of audio scored", registry=self.registry)
 
 
 def serve(recognizer: Recognizer, host: str, port: int, max_bytes: int, token: str | None = None,

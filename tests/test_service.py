@@ -119,6 +119,7 @@ def test_a_token_guards_prediction_and_the_model_not_health(tmp_path):
     wrong = client.post("/v1/predict", content=body, headers={"Authorization": "Bearer s3cre"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
     assert client.get("/v1/model").status_code == 401
+    assert client.get("/metrics").status_code == 401
     good = {"Authorization": "Bearer s3cret"}
     assert client.post("/v1/predict", content=body, headers=good).json()["label"] in ("neutral", "happy", "sad", "angry")
     assert client.get("/v1/model", headers=good).status_code == 200
@@ -140,3 +141,25 @@ def test_serving_beyond_loopback_needs_a_token_or_insecure(capsys):
     with pytest.raises(SystemExit):  # refused before the model is even read (there is none here)
         main(["serve", "no-such-model", "--host", "0.0.0.0"])
     assert "beyond loopback" in capsys.readouterr().err
+
+
+def test_metrics_count_requests_by_status_latency_and_audio(tmp_path):
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import gmptl
+    from gmptl.service import create_app
+
+    client = TestClient(create_app(gmptl.load(make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True))))
+    assert client.post("/v1/predict", content=wav_bytes(seconds=1.5)).status_code == 200
+    assert client.post("/v1/predict", content=wav_bytes(seconds=0.5)).status_code == 200
+    assert client.post("/v1/predict", content=b"not audio").status_code == 422
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text.text) for s in family.samples}
+    assert samples[("gmptl_requests_total", (("path", "/v1/predict"), ("status", "200")))] == 2
+    assert samples[("gmptl_requests_total", (("path", "/v1/predict"), ("status", "422")))] == 1
+    assert samples[("gmptl_request_seconds_count", (("path", "/v1/predict"),))] == 3
+    assert samples[("gmptl_audio_seconds_total", ())] == pytest.approx(2.0)
+    assert samples[("gmptl_requests_in_flight", ())] == 1, "the /metrics request itself"
