@@ -1,8 +1,9 @@
 """An HTTP service for a trained model: FastAPI on uvicorn.
 
 ``POST /v1/predict`` takes a multipart upload (field ``file``) or the raw audio as
-the request body and answers what ``gmptl predict`` gives per file; ``GET
-/v1/health`` and ``GET /v1/model`` describe the service; ``/docs`` is the OpenAPI
+the request body and answers what ``gmptl predict`` gives per file; ``POST
+/v1/timeline?window=2&hop=0.5`` answers the windows ``gmptl predict --timeline`` gives;
+``GET /v1/health`` and ``GET /v1/model`` describe the service; ``/docs`` is the OpenAPI
 page. Uploads over the size limit answer 413, audio that cannot be used 422 with
 the reason; bad input never reaches a 500. With a token, ``/v1/predict`` and
 ``/v1/model`` (and ``/metrics``) answer 401 without ``Authorization: Bearer <token>``
@@ -13,6 +14,8 @@ text (requests by path and status, latency, requests in flight, audio seconds sc
 import hmac
 import ipaddress
 import socket
+import tempfile
+from pathlib import Path
 
 from .audio import decode_bytes
 from .errors import AudioError, GmptlError
@@ -97,6 +100,24 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         result = (await run_in_threadpool(recognizer.predict_waves, [wave]))[0]
         metrics.audio.inc(result.duration)
         return {**result.to_dict(), "path": name}
+
+    @app.post("/v1/timeline", dependencies=[Depends(authorized)], responses={
+        401: {"description": "no or wrong bearer token (with --token)"},
+        413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
+    async def timeline(request: Request, window: float = 2.0, hop: float = 0.5):
+        """Emotion over time of one recording, window by window, as ``gmptl predict --timeline`` gives it."""
+        data, name = await audio_of(request)
+        if not 0 < hop <= window:
+            raise HTTPException(422, f"need 0 < hop <= window, got hop {hop} s and window {window} s")
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as f:  # streamed from a file, as predict does
+            f.write(data)
+            f.flush()
+            try:
+                windows = await run_in_threadpool(lambda: list(recognizer.timeline(f.name, window, hop)))
+            except AudioError as e:
+                raise HTTPException(422, e.reason) from None
+        metrics.audio.inc(windows[-1].end if windows else 0.0)
+        return {"path": name, "window": window, "hop": hop, "windows": [w.to_dict() for w in windows]}
 
     @app.get("/metrics", dependencies=[Depends(authorized)], include_in_schema=False)
     def prometheus():

@@ -163,3 +163,23 @@ def test_metrics_count_requests_by_status_latency_and_audio(tmp_path):
     assert samples[("gmptl_request_seconds_count", (("path", "/v1/predict"),))] == 3
     assert samples[("gmptl_audio_seconds_total", ())] == pytest.approx(2.0)
     assert samples[("gmptl_requests_in_flight", ())] == 1, "the /metrics request itself"
+
+
+def test_timeline_over_http_answers_the_windows_predict_gives(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import create_app
+
+    model_dir = make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)
+    recording = tmp_path / "long.flac"
+    recording.write_bytes(wav_bytes(seconds=7.3, fmt="FLAC", seed=3))
+    expected = [w.to_dict() for w in gmptl.load(model_dir).timeline(recording, 2.0, 1.0)]
+    client = TestClient(create_app(gmptl.load(model_dir)))
+    got = client.post("/v1/timeline?window=2&hop=1", files={"file": ("long.flac", recording.read_bytes())}).json()
+    assert got["path"] == "long.flac" and len(got["windows"]) == len(expected) == 7
+    for a, b in zip(got["windows"], expected):
+        assert (a["start"], a["end"], a["label"]) == (b["start"], b["end"], b["label"])
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    assert client.post("/v1/timeline?window=1&hop=2", content=recording.read_bytes()).status_code == 422
+    assert client.post("/v1/timeline", content=b"not audio").status_code == 422
