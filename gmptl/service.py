@@ -17,11 +17,12 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .audio import decode_bytes
+from .audio import bytes_info, decode_bytes
 from .errors import AudioError, GmptlError
 from .inference import Prediction, Recognizer
 
 DEFAULT_MAX_MB = 50.0
+DEFAULT_MAX_AUDIO_S = 3600.0  # an hour: a 21-minute meeting fits
 
 
 def loopback(host: str) -> bool:
@@ -40,7 +41,8 @@ def check_access(host: str, token: str | None, insecure: bool) -> None:
                          "--token (or GMPTL_TOKEN), or --insecure to serve it open")
 
 
-def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6), token: str | None = None):
+def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6), token: str | None = None,
+               max_audio_seconds: float = DEFAULT_MAX_AUDIO_S):
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
 
@@ -87,12 +89,24 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
             raise HTTPException(422, "multipart upload without a 'file' field")
         return await upload.read(), upload.filename or "<upload>"
 
+    def check_length(data: bytes, name: str) -> None:
+        """413 for audio longer than ``max_audio_seconds``, 422 for a header that is not audio: read from the
+        header, before anything is decoded."""
+        try:
+            seconds = bytes_info(data, name).duration
+        except AudioError as e:
+            raise HTTPException(422, e.reason) from None
+        if seconds > max_audio_seconds:
+            raise HTTPException(413, f"{seconds:.0f} s of audio is over the limit of {max_audio_seconds:g} s "
+                                     "(--max-audio-seconds)")
+
     @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorized)], responses={
         401: {"description": "no or wrong bearer token (with --token)"},
         413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
     async def predict(request: Request):
         """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
         data, name = await audio_of(request)
+        check_length(data, name)
         try:
             wave = decode_bytes(data, name, recognizer.sample_rate)
         except AudioError as e:
@@ -107,6 +121,7 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
     async def timeline(request: Request, window: float = 2.0, hop: float = 0.5):
         """Emotion over time of one recording, window by window, as ``gmptl predict --timeline`` gives it."""
         data, name = await audio_of(request)
+        check_length(data, name)
         if not 0 < hop <= window:
             raise HTTPException(422, f"need 0 < hop <= window, got hop {hop} s and window {window} s")
         with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as f:  # streamed from a file, as predict does
@@ -135,7 +150,8 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         encoder = recognizer.meta.get("encoder")
         return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate, "gender": recognizer.has_gender,
                 "encoder": encoder.get("name") if isinstance(encoder, dict) else encoder,
-                "metrics": recognizer.meta.get("metrics", {}), "max_upload_bytes": max_bytes}
+                "metrics": recognizer.meta.get("metrics", {}), "max_upload_bytes": max_bytes,
+                "max_audio_seconds": max_audio_seconds}
 
     return app
 
@@ -156,8 +172,8 @@ class Metrics:
 
 
 def serve(recognizer: Recognizer, host: str, port: int, max_bytes: int, token: str | None = None,
-          insecure: bool = False) -> None:
+          insecure: bool = False, max_audio_seconds: float = DEFAULT_MAX_AUDIO_S) -> None:
     import uvicorn
 
     check_access(host, token, insecure)
-    uvicorn.run(create_app(recognizer, max_bytes, token), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(recognizer, max_bytes, token, max_audio_seconds), host=host, port=port, log_level="info")

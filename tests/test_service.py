@@ -183,3 +183,19 @@ def test_timeline_over_http_answers_the_windows_predict_gives(tmp_path):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
     assert client.post("/v1/timeline?window=1&hop=2", content=recording.read_bytes()).status_code == 422
     assert client.post("/v1/timeline", content=b"not audio").status_code == 422
+
+
+def test_recordings_over_the_audio_limit_are_413_before_decoding(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import DEFAULT_MAX_AUDIO_S, create_app
+
+    assert DEFAULT_MAX_AUDIO_S >= 21 * 60, "the defaults serve a 21-minute recording"
+    client = TestClient(create_app(gmptl.load(make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)),
+                                   max_audio_seconds=2.0))
+    long = client.post("/v1/predict", content=wav_bytes(seconds=3.0))
+    assert long.status_code == 413 and "3 s of audio is over the limit of 2 s" in long.json()["detail"]
+    assert client.post("/v1/timeline", content=wav_bytes(seconds=3.0)).status_code == 413
+    assert client.post("/v1/predict", content=wav_bytes(seconds=1.0)).status_code == 200
+    assert client.get("/v1/model").json()["max_audio_seconds"] == 2.0
