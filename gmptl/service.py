@@ -41,6 +41,54 @@ def check_access(host: str, token: str | None, insecure: bool) -> None:
                          "--token (or GMPTL_TOKEN), or --insecure to serve it open")
 
 
+def bearer(token: str | None):
+    """A FastAPI dependency: 401 unless the request carries ``Authorization: Bearer <token>`` (none: open)."""
+    from fastapi import HTTPException, Request
+
+    def authorized(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token and not (scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return authorized
+
+
+async def read_audio(request, max_bytes: int, max_audio_seconds: float) -> tuple[bytes, str]:
+    """The uploaded audio (a multipart field ``file`` or the raw body) and its name. 413 as soon as the body
+    passes ``max_bytes``, or when its header says it lasts over ``max_audio_seconds`` (nothing decoded); 422
+    for a malformed upload or a header that is not audio."""
+    from fastapi import HTTPException, Request
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > max_bytes:
+            raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
+    data, name = bytes(received), "<body>"
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async def replay():
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form()
+        except Exception as e:  # malformed multipart: the client's fault
+            raise HTTPException(422, f"malformed multipart body ({e})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart upload without a 'file' field")
+        data, name = await upload.read(), upload.filename or "<upload>"
+    try:
+        seconds = bytes_info(data, name).duration
+    except AudioError as e:
+        raise HTTPException(422, e.reason) from None
+    if seconds > max_audio_seconds:
+        raise HTTPException(413, f"{seconds:.0f} s of audio is over the limit of {max_audio_seconds:g} s "
+                                 "(--max-audio-seconds)")
+    return data, name
+
+
 def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6), token: str | None = None,
                max_audio_seconds: float = DEFAULT_MAX_AUDIO_S):
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -58,47 +106,10 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         metrics.requests.labels(request.url.path, str(response.status_code)).inc()
         return response
 
-    def authorized(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if token and not (scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    authorized = bearer(token)
 
     async def audio_of(request: Request) -> tuple[bytes, str]:
-        """The uploaded audio and its name; the body is refused with 413 as soon as it passes ``max_bytes``."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
-            raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
-        received = bytearray()
-        async for chunk in request.stream():
-            received += chunk
-            if len(received) > max_bytes:
-                raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
-        body = bytes(received)
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return body, "<body>"
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form()
-        except Exception as e:  # malformed multipart: the client's fault
-            raise HTTPException(422, f"malformed multipart body ({e})") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, "multipart upload without a 'file' field")
-        return await upload.read(), upload.filename or "<upload>"
-
-    def check_length(data: bytes, name: str) -> None:
-        """413 for audio longer than ``max_audio_seconds``, 422 for a header that is not audio: read from the
-        header, before anything is decoded."""
-        try:
-            seconds = bytes_info(data, name).duration
-        except AudioError as e:
-            raise HTTPException(422, e.reason) from None
-        if seconds > max_audio_seconds:
-            raise HTTPException(413, f"{seconds:.0f} s of audio is over the limit of {max_audio_seconds:g} s "
-                                     "(--max-audio-seconds)")
+        return await read_audio(request, max_bytes, max_audio_seconds)
 
     @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorized)], responses={
         401: {"description": "no or wrong bearer token (with --token)"},
@@ -106,7 +117,6 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
     async def predict(request: Request):
         """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
         data, name = await audio_of(request)
-        check_length(data, name)
         try:
             wave = decode_bytes(data, name, recognizer.sample_rate)
         except AudioError as e:
@@ -121,7 +131,6 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
     async def timeline(request: Request, window: float = 2.0, hop: float = 0.5):
         """Emotion over time of one recording, window by window, as ``gmptl predict --timeline`` gives it."""
         data, name = await audio_of(request)
-        check_length(data, name)
         if not 0 < hop <= window:
             raise HTTPException(422, f"need 0 < hop <= window, got hop {hop} s and window {window} s")
         with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as f:  # streamed from a file, as predict does
