@@ -312,11 +312,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .service import serve
+    from .service import check_access, serve
 
     if args.max_upload_mb <= 0:
         raise GmptlError(f"--max-upload-mb {args.max_upload_mb}: must be positive")
-    serve(load_recognizer(args), args.host, args.port, int(args.max_upload_mb * 1e6))
+    token = args.token or os.environ.get("GMPTL_TOKEN") or None
+    check_access(args.host, token, args.insecure)  # before the model loads: a refusal is immediate
+    if args.max_audio_seconds <= 0:
+        raise GmptlError(f"--max-audio-seconds {args.max_audio_seconds}: must be positive")
+    serve(load_recognizer(args), args.host, args.port, int(args.max_upload_mb * 1e6), token, args.insecure,
+          args.max_audio_seconds)
     return 0
 
 
@@ -457,6 +462,11 @@ def add_model_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger uploads answer 413 (default 50)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1/predict and /v1/model "
+                                   "(default: $GMPTL_TOKEN; none: open)")
+    p.add_argument("--insecure", action="store_true", help="serve beyond loopback without a token")
+    p.add_argument("--max-audio-seconds", type=float, default=3600.0,
+                   help="longer recordings answer 413, read from the header before decoding (default 3600)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as for predict")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as for predict")
 

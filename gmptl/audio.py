@@ -157,6 +157,13 @@ def decode_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_R
     return _decode(bytes(data), name, sample_rate, min_samples)
 
 
+def bytes_info(data: bytes, name: str = "<bytes>") -> AudioInfo:
+    """``audio_info`` of an in-memory file: its checked header, nothing decoded."""
+    if not data:
+        raise AudioError(name, "empty file (0 bytes)")
+    return _header(io.BytesIO(data), name)
+
+
 def stream_audio(path, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
     """Mono (S_i,) float32 chunks at ``sample_rate`` of a long file, in constant memory (``block_seconds`` a read).
 

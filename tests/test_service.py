@@ -104,3 +104,98 @@ def test_uploads_over_the_limit_are_413(server):
             yield big[i:i + 65536]
     assert httpx.post(f"{server}/v1/predict", content=chunks()).status_code == 413
     assert httpx.get(f"{server}/v1/health").status_code == 200, "the server is still up"
+
+
+def test_a_token_guards_prediction_and_the_model_not_health(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import create_app
+
+    model_dir = make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)
+    client = TestClient(create_app(gmptl.load(model_dir), token="s3cret"))
+    body = wav_bytes()
+    assert client.post("/v1/predict", content=body).status_code == 401
+    wrong = client.post("/v1/predict", content=body, headers={"Authorization": "Bearer s3cre"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/metrics").status_code == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert client.post("/v1/predict", content=body, headers=good).json()["label"] in ("neutral", "happy", "sad", "angry")
+    assert client.get("/v1/model", headers=good).status_code == 200
+    assert client.get("/v1/health").status_code == 200, "load balancers need no token"
+    assert TestClient(create_app(gmptl.load(model_dir))).post("/v1/predict", content=body).status_code == 200
+
+
+def test_serving_beyond_loopback_needs_a_token_or_insecure(capsys):
+    from gmptl.__main__ import main
+    from gmptl.errors import GmptlError
+    from gmptl.service import check_access, loopback
+
+    assert loopback("127.0.0.1") and loopback("localhost") and loopback("::1") and not loopback("0.0.0.0")
+    with pytest.raises(GmptlError, match="--token"):
+        check_access("0.0.0.0", None, False)
+    check_access("0.0.0.0", "t", False)
+    check_access("0.0.0.0", None, True)
+    check_access("127.0.0.1", None, False)
+    with pytest.raises(SystemExit):  # refused before the model is even read (there is none here)
+        main(["serve", "no-such-model", "--host", "0.0.0.0"])
+    assert "beyond loopback" in capsys.readouterr().err
+
+
+def test_metrics_count_requests_by_status_latency_and_audio(tmp_path):
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import gmptl
+    from gmptl.service import create_app
+
+    client = TestClient(create_app(gmptl.load(make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True))))
+    assert client.post("/v1/predict", content=wav_bytes(seconds=1.5)).status_code == 200
+    assert client.post("/v1/predict", content=wav_bytes(seconds=0.5)).status_code == 200
+    assert client.post("/v1/predict", content=b"not audio").status_code == 422
+    text = client.get("/metrics")
+    assert text.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text.text) for s in family.samples}
+    assert samples[("gmptl_requests_total", (("path", "/v1/predict"), ("status", "200")))] == 2
+    assert samples[("gmptl_requests_total", (("path", "/v1/predict"), ("status", "422")))] == 1
+    assert samples[("gmptl_request_seconds_count", (("path", "/v1/predict"),))] == 3
+    assert samples[("gmptl_audio_seconds_total", ())] == pytest.approx(2.0)
+    assert samples[("gmptl_requests_in_flight", ())] == 1, "the /metrics request itself"
+
+
+def test_timeline_over_http_answers_the_windows_predict_gives(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import create_app
+
+    model_dir = make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)
+    recording = tmp_path / "long.flac"
+    recording.write_bytes(wav_bytes(seconds=7.3, fmt="FLAC", seed=3))
+    expected = [w.to_dict() for w in gmptl.load(model_dir).timeline(recording, 2.0, 1.0)]
+    client = TestClient(create_app(gmptl.load(model_dir)))
+    got = client.post("/v1/timeline?window=2&hop=1", files={"file": ("long.flac", recording.read_bytes())}).json()
+    assert got["path"] == "long.flac" and len(got["windows"]) == len(expected) == 7
+    for a, b in zip(got["windows"], expected):
+        assert (a["start"], a["end"], a["label"]) == (b["start"], b["end"], b["label"])
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    assert client.post("/v1/timeline?window=1&hop=2", content=recording.read_bytes()).status_code == 422
+    assert client.post("/v1/timeline", content=b"not audio").status_code == 422
+
+
+def test_recordings_over_the_audio_limit_are_413_before_decoding(tmp_path):
+    from fastapi.testclient import TestClient
+
+    import gmptl
+    from gmptl.service import DEFAULT_MAX_AUDIO_S, create_app
+
+    assert DEFAULT_MAX_AUDIO_S >= 21 * 60, "the defaults serve a 21-minute recording"
+    client = TestClient(create_app(gmptl.load(make_model_dir(tmp_path, "random:hubert-tiny", "linear", gender=True)),
+                                   max_audio_seconds=2.0))
+    long = client.post("/v1/predict", content=wav_bytes(seconds=3.0))
+    assert long.status_code == 413 and "3 s of audio is over the limit of 2 s" in long.json()["detail"]
+    assert client.post("/v1/timeline", content=wav_bytes(seconds=3.0)).status_code == 413
+    assert client.post("/v1/predict", content=wav_bytes(seconds=1.0)).status_code == 200
+    assert client.get("/v1/model").json()["max_audio_seconds"] == 2.0
