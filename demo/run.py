@@ -116,14 +116,19 @@ def main() -> None:
     recording = OUT / "recording.wav"
     script = long_recording(OUT / "corpus", recording)
     print(f"\ntimeline of {recording} (acted: " + ", ".join(f"{e} from {t:.0f} s" for t, e in script) + "):")
+    ends = [t for t, _ in script[1:]] + [sf.info(recording).duration]
+    (OUT / "acted.csv").write_text("start,end,label\n" + "".join(f"{t:.2f},{end:.2f},{e}\n"
+                                                              for (t, e), end in zip(script, ends)))
     code |= gmptl(["predict", str(model), str(recording), "--timeline", "--window", "2", "--hop", "1",
-                   "--out", str(OUT / "timeline.csv"), "--plot", str(OUT / "timeline.png")])
+                   "--out", str(OUT / "timeline.csv"), "--plot", str(OUT / "timeline.png"),
+                   "--marks", str(OUT / "acted.csv")])
 
     print(f"\nDone in {time.perf_counter() - start:.0f} s. Outputs:")
     for what, path in [("cross-validation summary", OUT / "cv" / "summary.json"),
                        ("confusion matrix", OUT / "cv" / "confusion.png"), ("model", model),
-                       ("timeline windows", OUT / "timeline.csv"), ("timeline plot", OUT / "timeline.png")]:
-        print(f"  {what:<26} {path}")
+                       ("timeline windows", OUT / "timeline.csv"),
+                       ("timeline plot (acted segments shaded)", OUT / "timeline.png")]:
+        print(f"  {what:<38} {path}")
     print("\nThe corpus was synthetic. On real corpora:\n"
           "  gmptl download ravdess --dest data/ravdess\n"
           "  gmptl cv --config configs/ravdess_whisper_tiny.yaml --set data.root=data/ravdess\n"

@@ -257,6 +257,7 @@ def predict_timeline(args, recognizer, files: list[Path], out: Path | None) -> i
     if args.track and not recognizer.has_pseudo_labels:
         raise GmptlError(f"--track: {args.model} has no pseudo-label encoder and centroids (a GMP-TL model "
                          "directory has them; an ONNX export does not)")
+    marks = read_marks(args.marks) if args.marks else ()  # read first: a bad file fails before the work
     windows, track = timeline_with_track(recognizer, files[0], args.window, args.hop, args.batch_size,
                                          track=bool(args.plot or args.track))
     if args.track:
@@ -269,9 +270,20 @@ def predict_timeline(args, recognizer, files: list[Path], out: Path | None) -> i
         for w in windows:
             print(f"{w.start:9.2f} {w.end:9.2f}  {w.label:<10} {w.probabilities[w.label]:.2f}")
     if args.plot:
-        plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time", track)
+        plot_timeline(windows, recognizer.labels, args.plot, f"{files[0].name}: emotion over time", track, marks)
         print(f"plot: {args.plot}")
     return 0
+
+
+def read_marks(path) -> list[tuple[float, float, str]]:
+    """(start, end, label) rows of a CSV with those columns (seconds): known segments to shade on a timeline."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            return [(float(r["start"]), float(r["end"]), r["label"]) for r in csv.DictReader(f)]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise GmptlError(f"--marks {path}: not a CSV of start,end,label in seconds ({type(e).__name__}: {e})") from None
 
 
 def cmd_config(args) -> int:
@@ -452,6 +464,7 @@ def add_model_commands(sub) -> None:
     p.add_argument("--plot", help="with --timeline: a PNG of each emotion's probability over time "
                                   "(and, for GMP-TL models, the frame pseudo-label track)")
     p.add_argument("--track", help="with --timeline: a CSV of every frame's pseudo-labels (GMP-TL models)")
+    p.add_argument("--marks", help="with --plot: a CSV of known segments (start,end,label in seconds) shaded on it")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -296,9 +296,10 @@ def timeline_with_track(recognizer: "Recognizer", path: Path, window: float, hop
 
 
 def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "",
-                  track: list[PseudoLabels] | None = None) -> None:
-    """Probability of each emotion over time, one line per emotion; below it, where given, the frame-level
-    pseudo-label track (one row per scale, colour = cluster)."""
+                  track: list[PseudoLabels] | None = None, marks: list[tuple[float, float, str]] = ()) -> None:
+    """Probability of each emotion over time, one line per emotion; behind it, where given, ``marks``: known
+    (start, end, label) segments shaded in their label's colour, so a reader sees where the model is right;
+    below it, where given, the frame-level pseudo-label track (one row per scale, colour = cluster)."""
     from .utils import figure
 
     centres = np.array([(w.start + w.end) / 2 for w in windows])
@@ -315,8 +316,13 @@ def plot_timeline(windows: list[Window], labels: list[str], path, title: str = "
             low.set_yticks(range(len(scales)), [f"k={k}" for k in scales])
             low.set_title("pseudo-labels (nearest centroid of each 20 ms frame)", fontsize=9)
         low.set_xlabel("time (s)")
+        colour = {}
         for label in labels:
-            ax.plot(centres, [w.probabilities[label] for w in windows], label=label, linewidth=1.4)
+            line, = ax.plot(centres, [w.probabilities[label] for w in windows], label=label, linewidth=1.4)
+            colour[label] = line.get_color()
+        for start, end, label in marks:
+            ax.axvspan(start, end, color=colour.get(label, "grey"), alpha=0.15, linewidth=0)
+            ax.text((start + end) / 2, 0.97, label, ha="center", va="top", fontsize=8, color=colour.get(label, "grey"))
         ax.set_ylabel("probability")
         ax.set_ylim(0, 1)
         ax.set_title(title)

@@ -161,6 +161,19 @@ def test_timeline_streams_windows_and_plots(model_dir, tmp_path, capsys):
     with pytest.raises(ValueError):
         next(rec.timeline(path, window=1.0, hop=2.0))
 
+    import matplotlib.image
+
+    (tmp_path / "acted.csv").write_text("start,end,label\n0,4,happy\n4,8,sad\n8,12,angry\n")
+    assert main(["predict", str(model_dir), str(path), "--timeline", "--out", str(tmp_path / "m.jsonl"),
+                 "--plot", str(tmp_path / "m.png"), "--marks", str(tmp_path / "acted.csv")]) == 0
+    plain, marked = (matplotlib.image.imread(tmp_path / n) for n in ("t.png", "m.png"))
+    assert plain.shape == marked.shape and np.abs(plain - marked).mean() > 0.01, "the acted segments are shaded"
+    (tmp_path / "bad.csv").write_text("from,to\n0,4\n")
+    with pytest.raises(SystemExit):
+        main(["predict", str(model_dir), str(path), "--timeline", "--plot", str(tmp_path / "x.png"),
+              "--marks", str(tmp_path / "bad.csv")])
+    assert "--marks" in capsys.readouterr().err
+
 
 def test_tail_shorter_than_a_window_is_covered(model_dir, tmp_path):
     path = tmp_path / "odd.wav"
