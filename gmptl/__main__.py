@@ -208,7 +208,6 @@ def load_recognizer(args):
 
 
 def cmd_predict(args) -> int:
-    from .audio import load_audio
     from .errors import AudioError
     from .inference import expand_paths
 
@@ -223,22 +222,16 @@ def cmd_predict(args) -> int:
         return predict_timeline(args, recognizer, files, out)
 
     rows = []
-    for start in range(0, len(files), args.batch_size):
-        waves, names = [], []
-        for path in files[start:start + args.batch_size]:
-            try:  # a bad file is reported and the others go on
-                waves.append(load_audio(path, recognizer.sample_rate))
-                names.append(str(path))
-            except AudioError as e:
-                failed.append(str(e))
-                print(f"gmptl: error: {e}", file=sys.stderr)
-        for name, result in zip(names, recognizer.predict_waves(waves, args.batch_size)):
-            result.path = name
-            rows.append(result.to_dict())
-            if not out:
-                gender = f"  {result.gender} {result.gender_probability:.2f}" if result.gender else ""
-                print(f"{name}  {result.label:<10} {result.probabilities[result.label]:.2f}  "
-                      f"{result.duration:7.2f} s{gender}")
+    for result in recognizer.predict_files(files, args.batch_size):
+        if isinstance(result, AudioError):  # a bad file is reported and the others go on
+            failed.append(str(result))
+            print(f"gmptl: error: {result}", file=sys.stderr)
+            continue
+        rows.append(result.to_dict())
+        if not out:
+            gender = f"  {result.gender} {result.gender_probability:.2f}" if result.gender else ""
+            print(f"{result.path}  {result.label:<10} {result.probabilities[result.label]:.2f}  "
+                  f"{result.duration:7.2f} s{gender}")
     if out:
         write_rows(rows, out)
         print(f"{len(rows)} prediction(s) in {out}")

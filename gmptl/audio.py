@@ -5,6 +5,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -13,6 +14,7 @@ import soxr
 from .errors import AudioError
 
 SAMPLE_RATE = 16000
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 MAX_CHANNELS = 32
 MIN_RATE, MAX_RATE = 1000, 384000
 # libsndfile clamps an audio chunk that runs past the end of the file to what is there, so
@@ -71,6 +73,12 @@ def _header(source, name: str) -> AudioInfo:
     if clamped and int(clamped[1]) != _UNKNOWN_SIZE:
         raise AudioError(name, f"truncated file: header promises {clamped[1]} bytes of audio, {clamped[2]} are there")
     return AudioInfo(name, info.samplerate, info.channels, info.frames)
+
+
+def audio_files(folder, suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> list[Path]:
+    """Audio files under ``folder`` (any depth), sorted; macOS ``._*`` companions (not audio) are skipped."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
 
 
 def audio_info(path) -> AudioInfo:

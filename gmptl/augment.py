@@ -15,13 +15,10 @@ import soundfile as sf
 import soxr
 import torch
 
-from .audio import SAMPLE_RATE, audio_info, load_audio, to_mono_resampled
+from .audio import SAMPLE_RATE, audio_files, audio_info, load_audio, to_mono_resampled
 from .config import AugmentConfig
 from .errors import ConfigError
 from .masking import span_mask
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-
 
 def speed(wave: np.ndarray, factor: float) -> np.ndarray:
     """Kaldi's and SpeechBrain's speed perturbation: resampled as if recorded at ``factor`` x the rate,
@@ -46,14 +43,14 @@ def reverberate(wave: np.ndarray, rir: np.ndarray) -> np.ndarray:
     return out * math.sqrt(np.mean(wave ** 2) / max(np.mean(out ** 2), 1e-12))
 
 
-def audio_files(folder: str, what: str) -> list[tuple[str, int, int]]:
+def recordings(folder: str, what: str) -> list[tuple[str, int, int]]:
     """(path, frames, sample rate) of every audio file under ``folder`` (MUSAN-style: any depth)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(f"augment.{what}: {root}: no such directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files = audio_files(root)
     if not files:
-        raise ConfigError(f"augment.{what}: {root}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise ConfigError(f"augment.{what}: {root}: no audio files")
     return [(str(p), (info := audio_info(p)).frames, info.sample_rate) for p in files]
 
 
@@ -62,20 +59,22 @@ class Augment:
 
     def __init__(self, cfg: AugmentConfig):
         self.cfg = cfg
-        self.noises = audio_files(cfg.noise_dir, "noise_dir") if cfg.noise_dir else []
-        self.rirs = audio_files(cfg.rir_dir, "rir_dir") if cfg.rir_dir else []
+        self.noises = recordings(cfg.noise_dir, "noise_dir") if cfg.noise_dir else []
+        self.rirs = recordings(cfg.rir_dir, "rir_dir") if cfg.rir_dir else []
 
     @staticmethod
     def wanted(cfg: AugmentConfig) -> bool:
         return cfg.speed != [1.0] or bool(cfg.noise_dir or cfg.rir_dir)
 
     def draw(self, rng: np.random.Generator) -> dict:
-        """The settings of one crop: speed factor, and where asked for, a room and a noise with its SNR."""
+        """The settings of one crop: speed factor, and where asked for, a room (its path) and a noise (its
+        index in ``noises``, where to start in it, its SNR)."""
         c, out = self.cfg, {"speed": float(rng.choice(self.cfg.speed))}
         if self.rirs and rng.random() < c.rir_prob:
             out["rir"] = self.rirs[rng.integers(len(self.rirs))][0]
         if self.noises and rng.random() < c.noise_prob:
-            out.update(noise=self.noises[rng.integers(len(self.noises))][0], noise_start=float(rng.random()), snr=float(rng.uniform(*c.noise_snr)))
+            out.update(noise=int(rng.integers(len(self.noises))), noise_start=float(rng.random()),
+                       snr=float(rng.uniform(*c.noise_snr)))
         return out
 
     def apply(self, wave: np.ndarray, drawn: dict) -> np.ndarray:
@@ -89,10 +88,10 @@ class Augment:
     def __call__(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.apply(wave, self.draw(rng))
 
-    def noise(self, path: str, where: float, samples: int) -> np.ndarray:
-        """``samples`` of a noise recording at 16 kHz, from a point ``where`` (0-1) into it: only that part
-        is read (MUSAN's recordings last minutes)."""
-        _, frames, rate = next(n for n in self.noises if n[0] == path)
+    def noise(self, index: int, where: float, samples: int) -> np.ndarray:
+        """``samples`` of noise recording ``index`` at 16 kHz, from a point ``where`` (0-1) into it: only that
+        part is read (MUSAN's recordings last minutes)."""
+        path, frames, rate = self.noises[index]
         need = min(frames, math.ceil(samples * rate / SAMPLE_RATE) + 1)
         data, _ = sf.read(path, start=int(where * (frames - need)), frames=need, dtype="float32", always_2d=True)
         return to_mono_resampled(data, rate)

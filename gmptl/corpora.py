@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import audio_info
+from .audio import audio_files, audio_info
 from .config import DataConfig
 from .errors import AudioError, CorpusError
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+CORPUS_SUFFIXES = (".wav", ".flac")  # what the corpus layouts hold
 NUM_FOLDS = 5  # CREMA-D and manifests without folds
 
 
@@ -149,12 +149,6 @@ def _item(path, id: str, emotion: str, gender: str | None, speaker: str, group: 
     return Utterance(id, os.path.abspath(path), emotion, gender, speaker, group, duration=0.0)
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    """Audio files under ``folder``, sorted; macOS ``._*`` companions (not audio) are skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file())
-
-
 def _with_duration(item: Utterance) -> Utterance | Problem:
     """The record with its duration from the header, or the reason it cannot be used."""
     if not os.path.isfile(item.path):  # said plainly: the usual problem of a label list or manifest
@@ -182,7 +176,7 @@ def _by_name(root: Path, sub: str | None, name: re.Pattern, expected: str, parse
     group), a problem's reason, or None for a file it counted in ``listing.dropped``."""
     out = Listing()
     folder = root / sub if sub and (root / sub).is_dir() else root
-    for path in _audio_files(folder):
+    for path in audio_files(folder, CORPUS_SUFFIXES):
         m = name.fullmatch(path.stem)
         found = parse(m, out) if m else f"name does not match {expected}"
         if isinstance(found, str):

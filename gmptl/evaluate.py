@@ -6,7 +6,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .audio import load_audio
 from .corpora import label_map, load_corpus
 from .errors import AudioError, ConfigError
 from .metrics import scores
@@ -38,15 +37,11 @@ def evaluate(model_dir, corpus_name: str, root, out: Path, fold: int | None = No
     match = matched_labels(recognizer.labels, corpus.labels, label_map(list(renames)))
     kept = [u for u in utterances if u.emotion in match]
     rows, failed = [], []
-    for start in tqdm(range(0, len(kept), batch_size), desc="evaluate", unit="batch", leave=False, disable=None):
-        waves, batch = [], []
-        for u in kept[start:start + batch_size]:
-            try:
-                waves.append(load_audio(u.path, recognizer.sample_rate))
-                batch.append(u)
-            except AudioError as e:
-                failed.append(str(e))
-        for u, p in zip(batch, recognizer.predict_waves(waves, batch_size)):
+    results = recognizer.predict_files([u.path for u in kept], batch_size)
+    for u, p in zip(kept, tqdm(results, total=len(kept), desc="evaluate", unit="file", leave=False, disable=None)):
+        if isinstance(p, AudioError):
+            failed.append(str(p))
+        else:
             rows.append({"id": u.id, "speaker": u.speaker, "emotion": match[u.emotion], "predicted": p.label,
                          "scores": [p.probabilities[label] for label in recognizer.labels]})
     index = {label: i for i, label in enumerate(recognizer.labels)}

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import load_audio, stream_audio, to_mono_resampled, validate_waveform
+from .audio import AUDIO_SUFFIXES, load_audio, stream_audio, to_mono_resampled, validate_waveform
+from .errors import AudioError
 from .modeldir import load_centroids, load_model_dir, load_pseudo_encoder
 
 GENDERS = ("female", "male")
@@ -184,6 +185,25 @@ class Recognizer:
         result.path = str(path)
         return result
 
+    def predict_files(self, paths, batch_size: int = 16) -> Iterator[Prediction | AudioError]:
+        """For each file in order, its prediction or the ``AudioError`` that kept it out (the others go on),
+        ``batch_size`` files decoded at a time."""
+        for start in range(0, len(paths), batch_size):
+            batch, decoded = paths[start:start + batch_size], []
+            for path in batch:
+                try:
+                    decoded.append(load_audio(path, self.sample_rate))
+                except AudioError as e:
+                    decoded.append(e)
+            results = iter(self.predict_waves([w for w in decoded if not isinstance(w, AudioError)], batch_size))
+            for path, wave in zip(batch, decoded):
+                if isinstance(wave, AudioError):
+                    yield wave
+                else:
+                    result = next(results)
+                    result.path = str(path)
+                    yield result
+
     def windows(self, path, size: int, step: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first sample, samples) of every ``size``-sample window, ``step`` apart, over a recording
         decoded as a stream: memory holds one window plus one decoded block whatever the file's
@@ -249,9 +269,6 @@ def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
     if backend == "onnx":
         return Recognizer.from_onnx(path / "model.onnx" if path.is_dir() else path)
     raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
-
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 
 
 def expand_paths(items: list[str]) -> tuple[list[Path], list[str]]:
