@@ -39,8 +39,7 @@ class UtteranceClassifier(nn.Module):
         """Returns ``emotion`` (B, C) logits or cosines, ``gender`` (B, 2) logits or None,
         and ``pooled`` (B, 2 * lstm_hidden) utterance features. ``frame_mask``, ``feature_mask``:
         SpecAugment-style masks of the encoder's input in training (``augment.spec_masks``)."""
-        out = self.encoder(waves, lengths, frame_mask, **({"feature_mask": feature_mask} if feature_mask is not None
-                                                          else {}))
+        out = self.encoder(waves, lengths, frame_mask, feature_mask)
         pooled = self.pool(self.layer(out.hidden_states), out.lengths)
         emotion = self.emotion(pooled)
         if self.classifier == "amsoftmax":

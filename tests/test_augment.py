@@ -83,6 +83,8 @@ def test_spec_masks_cover_the_share_their_settings_give():
     hubert = build_encoder("random:hubert-tiny")
     assert set(spec_masks(hubert, lengths, cfg, np.random.default_rng(0))) == {"frame_mask"}, "mel bins: Whisper only"
     assert spec_masks(hubert, lengths, AugmentConfig(), np.random.default_rng(0)) == {}, "off by default"
+    with pytest.raises(ValueError, match="log-mel"):  # the contract: encoders without features refuse a mask
+        hubert(torch.zeros(1, 16000), torch.tensor([16000]), feature_mask=torch.zeros(1, 80, dtype=torch.bool))
 
 
 def test_whisper_feature_mask_silences_the_masked_mel_bins_only():

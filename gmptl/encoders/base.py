@@ -41,8 +41,8 @@ class SpeechEncoder(nn.Module):
         """Number of output frames for inputs of ``lengths`` samples, (B,) -> (B,)."""
         raise NotImplementedError
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
-                frame_mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                feature_mask: torch.Tensor | None = None) -> EncoderOutput:
         """Encode a zero-padded batch.
 
         Args:
@@ -50,6 +50,8 @@ class SpeechEncoder(nn.Module):
             lengths: (B,) valid samples of each row.
             frame_mask: optional (B, T) bool, True where the frame is replaced by ``mask_embedding`` before
                 the transformer sees it. ``T`` must equal ``frame_lengths(lengths).max()``.
+            feature_mask: optional (B, F) bool over the input features of encoders that have them (Whisper's
+                log-mel bins, ``num_mel_bins``): True where a feature is set to 0. Others refuse one.
         """
         raise NotImplementedError
 

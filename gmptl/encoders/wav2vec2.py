@@ -71,7 +71,10 @@ class Wav2Vec2FamilyEncoder(SpeechEncoder):
             h = layer(h) * valid[:, None, :]
         return h.transpose(1, 2)
 
-    def forward(self, waveforms, lengths, frame_mask=None) -> EncoderOutput:
+    def forward(self, waveforms, lengths, frame_mask=None, feature_mask=None) -> EncoderOutput:
+        if feature_mask is not None:
+            raise ValueError(f"{self.name}: feature masks apply to log-mel inputs (Whisper); this encoder takes "
+                             "waveforms")
         if self.normalize:
             waveforms = normalize_rows(waveforms, lengths)
         frames = self.frame_lengths(lengths)
