@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from gmptl.audio import load_audio  # noqa: E402
 from gmptl.corpora import load_corpus  # noqa: E402
 from gmptl.provenance import provenance  # noqa: E402
-from gmptl.data import AudioSet, bucket_batches, padding_fraction  # noqa: E402
+from gmptl.data import AudioSet, bucket_batches, default_workers, padding_fraction  # noqa: E402
 from gmptl.encoders import build_encoder  # noqa: E402
 from gmptl.model import UtteranceClassifier  # noqa: E402
 from gmptl.modeldir import save_model_dir  # noqa: E402
@@ -594,7 +594,7 @@ def bench_train_throughput(args, work: Path) -> dict:
             runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1])[-1])
     out = {"baseline_commit": args.baseline, "rounds": runs, **{m: float(np.median(v)) for m, v in runs.items()}}
     out.update(ratio=round(out["in_memory"] / out["baseline"], 2), on_demand_ratio=round(out["on_demand"] /
-               out["baseline"], 2), workers=min(4, os.cpu_count() or 1),
+               out["baseline"], 2), workers=default_workers(),
                target="in_memory (the default for a corpus this size) / baseline >= 1 within run-to-run noise")
     return out
 

@@ -82,7 +82,9 @@ def stage1_loss(alpha: float, augment: AugmentConfig = AugmentConfig()):
 def stage3_loss(kind: str, s: float, m: float, augment: AugmentConfig = AugmentConfig()):
     def loss(model, batch: Batch, rng) -> torch.Tensor:
         out = model(batch.waves, batch.lengths, **spec_masks(model.encoder, batch.lengths, augment, rng))["emotion"]
-        return losses.am_softmax_loss(out, batch.emotion, s, m) if kind == "amsoftmax" else F.cross_entropy(out, batch.emotion)
+        if kind == "amsoftmax":
+            return losses.am_softmax_loss(out, batch.emotion, s, m)
+        return F.cross_entropy(out, batch.emotion)
     return loss
 
 
@@ -227,8 +229,8 @@ def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> 
     pred = emotion_scores.argmax(1)
     if dist.is_main():
         with open(out / "predictions.jsonl", "w") as f:
-            for u, y, p, row in zip(test.utterances, test.emotion, pred, emotion_scores):
-                if u.path not in failed:
+            for u, y, p, row, kept in zip(test.utterances, test.emotion, pred, emotion_scores, keep):
+                if kept:
                     f.write(json.dumps({"id": u.id, "speaker": u.speaker, "emotion": test.labels[y],
                                         "predicted": test.labels[p],
                                         "scores": [round(float(v), 5) for v in row]}) + "\n")
@@ -300,11 +302,10 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     start = time.perf_counter()
     log.info("train %d utterances, valid %d (speakers %s), test %d", len(train_utts), len(valid_utts),
              ", ".join(sorted({u.speaker for u in valid_utts})), len(test_utts))
-    def audio(utterances, desc: str) -> AudioSet:
-        return AudioSet(utterances, labels, desc, cfg.data.cache_mb, cfg.train.workers)
+    def audio(utterances, desc: str, augment: Augment | None = None) -> AudioSet:
+        return AudioSet(utterances, labels, desc, cfg.data.cache_mb, cfg.train.workers, augment)
 
-    train = AudioSet(train_utts, labels, "train", cfg.data.cache_mb, cfg.train.workers,
-                     Augment(cfg.augment) if Augment.wanted(cfg.augment) else None)
+    train = audio(train_utts, "train", Augment(cfg.augment) if Augment.wanted(cfg.augment) else None)
     valid = audio(valid_utts, "valid")
     if cfg.system == "probe":
         if not test_utts:

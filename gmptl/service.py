@@ -23,6 +23,9 @@ from .inference import Prediction, Recognizer
 
 DEFAULT_MAX_MB = 50.0
 DEFAULT_MAX_AUDIO_S = 3600.0  # an hour: a 21-minute meeting fits
+UPLOAD_ANSWERS = {401: {"description": "no or wrong bearer token (with --token)"},
+                  413: {"description": "upload or audio over its limit"},
+                  422: {"description": "audio that cannot be used"}}
 
 
 def loopback(host: str) -> bool:
@@ -108,15 +111,10 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
 
     authorized = bearer(token)
 
-    async def audio_of(request: Request) -> tuple[bytes, str]:
-        return await read_audio(request, max_bytes, max_audio_seconds)
-
-    @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorized)], responses={
-        401: {"description": "no or wrong bearer token (with --token)"},
-        413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
+    @app.post("/v1/predict", response_model=Prediction, dependencies=[Depends(authorized)], responses=UPLOAD_ANSWERS)
     async def predict(request: Request):
         """Emotion of one recording: a multipart upload (field ``file``) or the raw body."""
-        data, name = await audio_of(request)
+        data, name = await read_audio(request, max_bytes, max_audio_seconds)
         try:
             wave = decode_bytes(data, name, recognizer.sample_rate)
         except AudioError as e:
@@ -125,12 +123,10 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         metrics.audio.inc(result.duration)
         return {**result.to_dict(), "path": name}
 
-    @app.post("/v1/timeline", dependencies=[Depends(authorized)], responses={
-        401: {"description": "no or wrong bearer token (with --token)"},
-        413: {"description": "upload over the size limit"}, 422: {"description": "audio that cannot be used"}})
+    @app.post("/v1/timeline", dependencies=[Depends(authorized)], responses=UPLOAD_ANSWERS)
     async def timeline(request: Request, window: float = 2.0, hop: float = 0.5):
         """Emotion over time of one recording, window by window, as ``gmptl predict --timeline`` gives it."""
-        data, name = await audio_of(request)
+        data, name = await read_audio(request, max_bytes, max_audio_seconds)
         if not 0 < hop <= window:
             raise HTTPException(422, f"need 0 < hop <= window, got hop {hop} s and window {window} s")
         with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as f:  # streamed from a file, as predict does
