@@ -325,8 +325,10 @@ def cmd_serve(args) -> int:
     check_access(args.host, token, args.insecure)  # before the model loads: a refusal is immediate
     if args.max_audio_seconds <= 0:
         raise GmptlError(f"--max-audio-seconds {args.max_audio_seconds}: must be positive")
+    if args.max_inflight_seconds <= 0:
+        raise GmptlError(f"--max-inflight-seconds {args.max_inflight_seconds}: must be positive")
     serve(load_recognizer(args), args.host, args.port, int(args.max_upload_mb * 1e6), token, args.insecure,
-          args.max_audio_seconds)
+          args.max_audio_seconds, args.max_inflight_seconds)
     return 0
 
 
@@ -473,6 +475,9 @@ def add_model_commands(sub) -> None:
     p.add_argument("--insecure", action="store_true", help="serve beyond loopback without a token")
     p.add_argument("--max-audio-seconds", type=float, default=3600.0,
                    help="longer recordings answer 413, read from the header before decoding (default 3600)")
+    p.add_argument("--max-inflight-seconds", type=float, default=7200.0,
+                   help="audio admitted and not yet answered; beyond it requests answer 503 with Retry-After "
+                        "(default 7200: five 21-minute recordings)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as for predict")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as for predict")
 

@@ -137,7 +137,7 @@ class Recognizer:
         max_samples = int(meta.get("max_samples") or 0) or 30 * sample_rate
         return cls(json.loads(meta["labels"]), sample_rate, max_samples, has_gender, score, meta)
 
-    def _scores(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def probabilities(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, C) emotion and (N, 2) gender probabilities of ``waves``, zero-padded into one batch."""
         lengths = np.array([len(w) for w in waves], dtype=np.int64)
         batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
@@ -161,17 +161,25 @@ class Recognizer:
         gender = np.zeros((len(pieces), 2), dtype=np.float64)
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
-            e, g = self._scores([pieces[j] for j in idx])
+            e, g = self.probabilities([pieces[j] for j in idx])
             emotion[idx], gender[idx] = e, 0.0 if g is None else g
-        results = []
-        for w, span in zip(waves, spans):
-            weights = np.array([len(piece) for piece in pieces[span]], dtype=np.float64)[:, None]
-            p, g = ((scores[span] * weights).sum(0) / weights.sum() for scores in (emotion, gender))
-            results.append(Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())),
-                                      round(len(w) / self.sample_rate, 3),
-                                      GENDERS[int(g.argmax())] if self.has_gender else None,
-                                      round(float(g.max()), 6) if self.has_gender else None))
-        return results
+        return [self.pooled(emotion[span], gender[span], [len(piece) for piece in pieces[span]], len(w))
+                for w, span in zip(waves, spans)]
+
+    def pooled(self, emotion: np.ndarray, gender: np.ndarray | None, lengths, samples: int) -> Prediction:
+        """The prediction for a recording of ``samples`` samples from its pieces' (P, C) emotion and (P, 2)
+        gender probabilities, each piece weighted by its length."""
+        weights = np.asarray(lengths, dtype=np.float64)[:, None]
+        p, g = ((np.asarray(s, dtype=np.float64) * weights).sum(0) / weights.sum()
+                for s in (emotion, np.zeros((len(weights), 2)) if gender is None else gender))
+        return Prediction(self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())),
+                          round(samples / self.sample_rate, 3), GENDERS[int(g.argmax())] if self.has_gender else None,
+                          round(float(g.max()), 6) if self.has_gender else None)
+
+    def window(self, start: int, samples: int, p: np.ndarray) -> "Window":
+        """The ``Window`` of ``samples`` samples from sample ``start`` with emotion probabilities ``p``."""
+        return Window(round(start / self.sample_rate, 3), round((start + samples) / self.sample_rate, 3),
+                      self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())))
 
     def predict(self, waveform: np.ndarray, sample_rate: int) -> Prediction:
         """Emotion of a waveform, (S,) or (S, channels), at any sample rate."""
@@ -226,10 +234,9 @@ class Recognizer:
             raise ValueError(f"need 0 < hop <= window, got hop {hop} s and window {window} s")
         pieces = self.windows(path, int(window * self.sample_rate), int(hop * self.sample_rate))
         while batch := list(itertools.islice(pieces, batch_size)):
-            emotion, _ = self._scores([w for _, w in batch])
+            emotion, _ = self.probabilities([w for _, w in batch])
             for (start, w), p in zip(batch, emotion):
-                yield Window(round(start / self.sample_rate, 3), round((start + len(w)) / self.sample_rate, 3),
-                             self.labels[int(p.argmax())], dict(zip(self.labels, p.round(6).tolist())))
+                yield self.window(start, len(w), p)
 
     def pseudo_track(self, path, chunk: float = 10.0) -> Iterator[PseudoLabels]:
         """Frame-level pseudo-labels of a recording of any length, streamed in ``chunk``-second pieces.

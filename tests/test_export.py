@@ -43,8 +43,8 @@ def test_builtin_whisper_model_onnx_equals_torch_on_speech(tmp_path, ravdess_roo
     assert onnx_rec.meta["sample_rate"] == "16000" and json.loads(onnx_rec.meta["labels"]) == torch_rec.labels
     waves = speech(ravdess_root)
     for batch in ([waves[0]], waves):  # one utterance, and a padded batch of other lengths
-        e_torch, g_torch = torch_rec._scores(batch)
-        e_onnx, g_onnx = onnx_rec._scores(batch)
+        e_torch, g_torch = torch_rec.probabilities(batch)
+        e_onnx, g_onnx = onnx_rec.probabilities(batch)
         assert np.abs(e_onnx - e_torch).max() <= 1e-4 and np.abs(g_onnx - g_torch).max() <= 1e-4
 
 
