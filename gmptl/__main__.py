@@ -99,7 +99,8 @@ def cmd_cv(args) -> int:
     summary = run_cv(load_config(args.config, args.set or []), out, fold_numbers(args))
     print(f"{summary['system']} on {summary['corpus']} ({summary['encoder']}), {len(summary['folds'])} fold(s):")
     print(format_table(summary))
-    print(f"results: {out / 'summary.json'}, confusion matrix: {out / 'confusion.png'}")
+    figures = f", reliability diagram: {out / 'reliability.png'}" if summary["calibration"] else ""
+    print(f"results: {out / 'summary.json'}, confusion matrix: {out / 'confusion.png'}{figures}")
     return 0
 
 
@@ -204,7 +205,7 @@ def load_recognizer(args):
 
     if args.precision != "fp32" and args.backend != "torch":
         raise GmptlError(f"--precision {args.precision} needs --backend torch")
-    return load(args.model, backend=args.backend, precision=args.precision)
+    return load(args.model, backend=args.backend, precision=args.precision, calibrate=not args.no_calibrate)
 
 
 def cmd_predict(args) -> int:
@@ -464,6 +465,8 @@ def add_model_commands(sub) -> None:
                    help="onnx: onnxruntime on MODEL/model.onnx, or on MODEL if it is an .onnx file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast, faster; needs a CPU with native bf16 (torch backend)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="the raw scores' softmax, without the temperature fitted on validation speakers")
 
     p = command(sub, "serve", cmd_serve, help="an HTTP service: POST audio to /v1/predict (docs at /docs)")
     p.add_argument("model", help="a model directory (or an .onnx file with --backend onnx)")
@@ -480,6 +483,7 @@ def add_model_commands(sub) -> None:
                         "(default 7200: five 21-minute recordings)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as for predict")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as for predict")
+    p.add_argument("--no-calibrate", action="store_true", help="as for predict")
 
     p = command(sub, "export", cmd_export, help="export a model directory to ONNX (dynamic batch and length)")
     p.add_argument("model", help="a model directory")

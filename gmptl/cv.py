@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dist
+from .calibration import BINS, plot_reliability, pool_bins
 from .config import Config, config_from_dict
 from .corpora import configured_corpus
 from .errors import ConfigError
@@ -34,7 +35,23 @@ def summarize_folds(results: list[dict], labels: list[str]) -> dict:
     return {"folds": [{k: r[k] for k in ("fold", "war", "uar", "f1", "n")} for r in results], **fold_means(results),
             "recall_mean": {label: float(np.mean([r["recall"][label] for r in results if label in r["recall"]]))
                             for label in labels if any(label in r["recall"] for r in results)},
-            "confusion": np.sum([np.array(r["confusion"]) for r in results], axis=0).tolist(), "labels": labels}
+            "confusion": np.sum([np.array(r["confusion"]) for r in results], axis=0).tolist(), "labels": labels,
+            "calibration": calibration_summary(results)}
+
+
+CALIBRATION = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")
+
+
+def calibration_summary(results: list[dict]) -> dict | None:
+    """Each fold's temperature and test ECE and NLL before and after it, their means over the folds, and the
+    folds' reliability bins pooled; folds without a calibration record are left out (None when none has one)."""
+    found = [r for r in results if r.get("calibration")]
+    if not found:
+        return None
+    folds = [{"fold": r["fold"], **{k: r["calibration"][k] for k in CALIBRATION}} for r in found]
+    return {"folds": folds, **{f"{k}_mean": float(np.mean([f[k] for f in folds])) for k in CALIBRATION},
+            **{f"reliability_{w}": pool_bins([r["calibration"][f"reliability_{w}"] for r in found])
+               for w in ("before", "after")}}
 
 
 def plot_confusion(confusion, labels: list[str], path: Path, title: str) -> None:
@@ -57,6 +74,12 @@ def format_table(summary: dict) -> str:
         lines.append(f"{f['fold']:>6} {f['war']:7.2f} {f['uar']:7.2f} {f['f1']:7.2f} {f['n']:>6}")
     lines.append(f"{'mean':>6} {summary['war_mean']:7.2f} {summary['uar_mean']:7.2f} {summary['f1_mean']:7.2f}")
     lines.append(f"{'std':>6} {summary['war_std']:7.2f} {summary['uar_std']:7.2f} {summary['f1_std']:7.2f}")
+    if c := summary.get("calibration"):
+        lines += ["", f"test calibration (T fitted on validation speakers; ECE in %, {BINS} bins):",
+                  f"{'fold':>6} {'T':>6} {'ECE before':>10} {'after':>6} {'NLL before':>10} {'after':>6}"]
+        for f in c["folds"] + [{"fold": "mean", **{k: c[f"{k}_mean"] for k in CALIBRATION}}]:
+            lines.append(f"{f['fold']:>6} {f['temperature']:6.2f} {100 * f['ece_before']:10.2f} "
+                         f"{100 * f['ece_after']:6.2f} {f['nll_before']:10.3f} {f['nll_after']:6.3f}")
     return "\n".join(lines)
 
 
@@ -214,4 +237,7 @@ def run_cv(cfg: Config, out: Path, folds: list[int] | None = None) -> dict:
         plot_confusion(summary["confusion"], corpus.labels, out / "confusion.png",
                        f"{cfg.system} on {corpus.name}, folds {','.join(map(str, folds))}: "
                        f"UAR {summary['uar_mean']:.1f}")
+        if c := summary["calibration"]:
+            plot_reliability(c["reliability_before"], c["reliability_after"], out / "reliability.png",
+                             f"{cfg.system} on {corpus.name}, test predictions of {len(c['folds'])} fold(s)")
     return summary

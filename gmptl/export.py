@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .calibration import temperature_of
 from .errors import GmptlError
 from .modeldir import load_model_dir
 
@@ -15,15 +16,16 @@ OPSET = 17
 
 
 class Probabilities(nn.Module):
-    """(waveforms (B, S), lengths (B,)) -> emotion probabilities (B, C) [, gender probabilities (B, 2)]."""
+    """(waveforms (B, S), lengths (B,)) -> emotion probabilities (B, C) [, gender probabilities (B, 2)]:
+    softmax(scale x scores / temperature), the temperature fitted on validation speakers (gmptl.calibration)."""
 
-    def __init__(self, model, scale: float):
+    def __init__(self, model, scale: float, temperature: float = 1.0):
         super().__init__()
-        self.model, self.scale = model, scale
+        self.model, self.scale, self.temperature = model, scale, temperature
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor):
         out = self.model(waveforms, lengths)
-        emotion = torch.softmax(self.scale * out["emotion"], -1)
+        emotion = torch.softmax(self.scale / self.temperature * out["emotion"], -1)
         if out["gender"] is None:
             return emotion
         return emotion, torch.softmax(out["gender"], -1)
@@ -37,11 +39,12 @@ def probability_scale(model, meta: dict) -> float:
 
 
 def export_onnx(model_dir, path) -> Path:
-    """Write ``model_dir`` as an ONNX graph at ``path``; returns the path."""
+    """Write ``model_dir`` as an ONNX graph at ``path``, its probabilities calibrated; returns the path."""
     import onnx
 
     model, meta = load_model_dir(model_dir)
-    wrapper = Probabilities(model, probability_scale(model, meta)).eval()
+    temperature = temperature_of(meta)
+    wrapper = Probabilities(model, probability_scale(model, meta), temperature).eval()
     outputs = ["emotion", "gender"] if model.gender is not None else ["emotion"]
     example = (torch.randn(2, 2 * meta["sample_rate"]) * 0.1, torch.tensor([2 * meta["sample_rate"], meta["sample_rate"]]))
     path = Path(path)
@@ -62,7 +65,7 @@ def export_onnx(model_dir, path) -> Path:
     info = {"labels": json.dumps(meta["labels"]), "sample_rate": str(meta["sample_rate"]),
             "gender_labels": json.dumps(["female", "male"] if model.gender is not None else []),
             "encoder": meta["encoder"]["name"], "max_samples": str(getattr(model.encoder, "max_samples", 0)),
-            "gmptl_version": __version__, "source": str(Path(model_dir).resolve())}
+            "temperature": repr(temperature), "gmptl_version": __version__, "source": str(Path(model_dir).resolve())}
     for key, value in info.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(tmp))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .audio import AUDIO_SUFFIXES, load_audio, stream_audio, to_mono_resampled, validate_waveform
+from .calibration import temperature_of
 from .errors import AudioError
 from .modeldir import load_centroids, load_model_dir, load_pseudo_encoder
 
@@ -75,18 +76,21 @@ class Recognizer:
     """A trained model ready for audio: ``gmptl.load(model_dir)`` returns one.
 
     Probabilities are the softmax of the classifier's scores; for an AM-Softmax model the cosines are scaled
-    by the training scale ``s`` first (30 by default), the same scale its loss was trained with. Two backends
-    compute them: PyTorch on the model directory, or onnxruntime on its ONNX export (``gmptl export``).
+    by the training scale ``s`` first (30 by default), the same scale its loss was trained with. With
+    ``calibrate`` (the default) they are divided by the model's ``temperature`` too, fitted on validation
+    speakers (``gmptl.calibration``; 1 for a model without one). Two backends compute them: PyTorch on the
+    model directory, or onnxruntime on its ONNX export (``gmptl export``).
 
     ``score``: (waveforms (B, S) float32, lengths (B,) int64) -> (emotion (B, C), gender (B, 2) or None);
     ``max_samples``: the longest input in one piece (Whisper: 30 s), longer is scored in pieces;
-    ``meta``: the model's config.json (or the ONNX metadata); ``labels``: in the model's order.
+    ``meta``: the model's config.json (or the ONNX metadata); ``labels``: in the model's order;
+    ``temperature``: the one applied (1 when loaded with ``calibrate=False``).
     """
 
     def __init__(self, labels: list[str], sample_rate: int, max_samples: int, has_gender: bool, score, meta: dict,
-                 pseudo_loader=None):
+                 pseudo_loader=None, temperature: float = 1.0):
         self.labels, self.sample_rate, self.max_samples = list(labels), sample_rate, max_samples
-        self.has_gender, self.score, self.meta = has_gender, score, meta
+        self.has_gender, self.score, self.meta, self.temperature = has_gender, score, meta, temperature
         self._pseudo_loader = pseudo_loader
 
     @functools.cached_property
@@ -99,12 +103,13 @@ class Recognizer:
         return self._pseudo_loader is not None
 
     @classmethod
-    def from_model_dir(cls, model_dir, precision: str = "fp32") -> "Recognizer":
+    def from_model_dir(cls, model_dir, precision: str = "fp32", calibrate: bool = True) -> "Recognizer":
         from .export import Probabilities, probability_scale
         from .utils import autocast
 
         model, meta = load_model_dir(Path(model_dir))
-        net = Probabilities(model, probability_scale(model, meta)).eval()
+        temperature = temperature_of(meta) if calibrate else 1.0
+        net = Probabilities(model, probability_scale(model, meta), temperature).eval()
 
         @torch.no_grad()
         def score(waves: np.ndarray, lengths: np.ndarray):
@@ -120,22 +125,29 @@ class Recognizer:
             def loader() -> PseudoLabeler:
                 centroids = {int(name[2:]): c for name, c in load_centroids(model_dir).items()}
                 return PseudoLabeler(load_pseudo_encoder(model_dir, meta), meta["pseudo_labels"]["layer"], centroids)
-        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta, loader)
+        return cls(meta["labels"], meta["sample_rate"], max_samples, model.gender is not None, score, meta, loader,
+                   temperature)
 
     @classmethod
-    def from_onnx(cls, path) -> "Recognizer":
+    def from_onnx(cls, path, calibrate: bool = True) -> "Recognizer":
+        from .calibration import softmax
         from .export import onnx_session
 
         session, meta = onnx_session(path)
         has_gender = len(session.get_outputs()) > 1
+        fitted = temperature_of(meta)  # the graph's probabilities are calibrated with it
 
         def score(waves: np.ndarray, lengths: np.ndarray):
             out = session.run(None, {"waveforms": waves, "lengths": lengths})
-            return out[0], out[1] if has_gender else None
+            emotion = out[0]
+            if not calibrate and fitted != 1.0:  # log p = z / T + c: softmax(T log p) = softmax(z)
+                emotion = softmax(fitted * np.log(np.maximum(emotion, np.finfo(np.float32).tiny))).astype(np.float32)
+            return emotion, out[1] if has_gender else None
 
         sample_rate = int(meta["sample_rate"])
         max_samples = int(meta.get("max_samples") or 0) or 30 * sample_rate
-        return cls(json.loads(meta["labels"]), sample_rate, max_samples, has_gender, score, meta)
+        return cls(json.loads(meta["labels"]), sample_rate, max_samples, has_gender, score, meta,
+                   temperature=fitted if calibrate else 1.0)
 
     def probabilities(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, C) emotion and (N, 2) gender probabilities of ``waves``, zero-padded into one batch."""
@@ -254,7 +266,7 @@ class Recognizer:
             yield PseudoLabels(start / self.sample_rate, hop / self.sample_rate, self.pseudo(wave))
 
 
-def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
+def load(model, backend: str = "torch", precision: str = "fp32", calibrate: bool = True) -> Recognizer:
     """A ``Recognizer`` for a model directory (from ``gmptl train`` or a ``gmptl cv`` fold).
 
     Args:
@@ -263,6 +275,8 @@ def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
         backend: ``torch`` or ``onnx`` (onnxruntime on the exported graph).
         precision: ``fp32``, or ``bf16`` (torch backend: autocast, 1.6x faster on a CPU with
             native bf16, refused on one without; on RAVDESS models probabilities moved by up to 0.07).
+        calibrate: divide the scores by the temperature fitted on validation speakers (False: the raw
+            scores' softmax, as gmptl before calibration gave).
     """
     path = Path(model)
     if precision not in ("fp32", "bf16"):
@@ -270,11 +284,11 @@ def load(model, backend: str = "torch", precision: str = "fp32") -> Recognizer:
     if backend == "torch":
         from .utils import check_precision
         check_precision(torch.device("cpu"), precision)
-        return Recognizer.from_model_dir(path, precision)
+        return Recognizer.from_model_dir(path, precision, calibrate)
     if precision != "fp32":
         raise ValueError(f"precision {precision} needs the torch backend")
     if backend == "onnx":
-        return Recognizer.from_onnx(path / "model.onnx" if path.is_dir() else path)
+        return Recognizer.from_onnx(path / "model.onnx" if path.is_dir() else path, calibrate)
     raise ValueError(f"backend must be 'torch' or 'onnx', not {backend!r}")
 
 

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from . import dist, losses
 from .augment import Augment, spec_masks
+from .calibration import calibrate
 from .config import AugmentConfig, Config
 from .corpora import Corpus, validation_split
 from .data import FRAME_HOP, AudioSet, Batch, epoch_batches
@@ -222,10 +223,15 @@ def train_system(cfg: Config, labels: list[str], train: AudioSet, valid: AudioSe
     return model, dirs["stage3"] / "best.safetensors", stages
 
 
+def decoded(data: AudioSet) -> np.ndarray:
+    """(N,) bool: which utterances of ``data`` were scored (decoded on demand, a file can fail at test time)."""
+    failed = {e.path for e in data.failed}
+    return np.array([u.path not in failed for u in data.utterances], dtype=bool)
+
+
 def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> dict:
     """One line per test utterance in ``out/predictions.jsonl``; returns the test scores."""
-    failed = {e.path for e in test.failed}  # decoded on demand, a file can fail at test time: left out
-    keep = np.array([u.path not in failed for u in test.utterances], dtype=bool)
+    keep = decoded(test)
     pred = emotion_scores.argmax(1)
     if dist.is_main():
         with open(out / "predictions.jsonl", "w") as f:
@@ -256,9 +262,10 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out
 
 
 def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict, protocol: str,
-           dirs: dict[str, Path]) -> Path:
+           dirs: dict[str, Path], calibration: dict | None = None) -> Path:
     """The final model as a model directory (``out/model``), with the pseudo-label centroids and the stage-1
-    encoder of ``dirs``; ``protocol`` says whether its test speakers were unseen in training."""
+    encoder of ``dirs``; ``protocol`` says whether its test speakers were unseen in training; ``calibration``:
+    the temperature record of ``gmptl.calibration.calibrate``."""
     from safetensors.torch import load_file
 
     from .modeldir import save_model_dir
@@ -273,6 +280,8 @@ def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metr
         pseudo_encoder = {k[len("encoder."):]: v for k, v in stage1.items() if k.startswith("encoder.")}
     extra = {"pseudo_labels": {"layer": cfg.pseudo.layer, "scales": cfg.pseudo.scales} if centroids else None,
              "metrics": metrics, "protocol": protocol, "config": cfg.to_dict(), "provenance": provenance()}
+    if calibration is not None:
+        extra["calibration"] = calibration
     return save_model_dir(out / "model", model, labels, weights, extra, centroids, pseudo_encoder)
 
 
@@ -316,14 +325,25 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     dirs = step_dirs(cfg, out, shared, key)
     claim_steps(cfg, {s: d for s, d in dirs.items() if cfg.system == "gmp-tl" or s == "stage1"}, key)
     model, weights, stages = train_system(cfg, labels, train, valid, out, dirs)
-    failed = train.failed + valid.failed
     result = {**info, "valid_speakers": sorted({u.speaker for u in valid_utts})}
     test_start = time.perf_counter()
+    # Temperature scaling on the validation speakers, unseen by the weights (they only chose the epoch).
+    scale = probability_scale(model, {"config": cfg.to_dict()})
+    valid_scores, keep = scale * predict(model, valid, cfg.data.eval_max_seconds), decoded(valid)
+    test_scores = test_labels = None
+    failed = train.failed + valid.failed
     if test_utts:
         test = audio(test_utts, "test")
+        emotion = predict(model, test, cfg.data.eval_max_seconds)
         failed += test.failed
-        result.update(write_predictions(test, predict(model, test, cfg.data.eval_max_seconds), out))
-    # What the system costs alone: its steps (whoever ran them first) and its test.
+        result.update(write_predictions(test, emotion, out))
+        scored = decoded(test)
+        test_scores, test_labels = scale * emotion[scored], test.emotion[scored]
+    calibration, tested = calibrate(valid_scores[keep], valid.emotion[keep], test_scores, test_labels,
+                                    speakers={u.speaker for u, k in zip(valid.utterances, keep) if k})
+    if tested:
+        result["calibration"] = tested
+    # What the system costs alone: its steps (whoever ran them first), its calibration and its test.
     compute_s = sum(s.get("wall_s", 0.0) for s in stages.values()) + time.perf_counter() - test_start
     result.update(failed_files=[str(e) for e in failed], compute_s=round(compute_s, 1),
                   stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
@@ -331,7 +351,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
                   wall_s=round(time.perf_counter() - start, 1))
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
     metrics["valid_uar"] = chosen_valid_uar(stages)
-    export(cfg, model, weights, labels, out, metrics, info["protocol"], dirs)
+    export(cfg, model, weights, labels, out, metrics, info["protocol"], dirs, calibration)
     atomic_json(result, result_path)
     dist.barrier()
     return result

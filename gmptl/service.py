@@ -353,6 +353,7 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         encoder = recognizer.meta.get("encoder")
         return {"labels": recognizer.labels, "sample_rate": recognizer.sample_rate, "gender": recognizer.has_gender,
                 "encoder": encoder.get("name") if isinstance(encoder, dict) else encoder,
+                "temperature": recognizer.temperature,  # divides the scores (1: uncalibrated)
                 "metrics": recognizer.meta.get("metrics", {}), "max_upload_bytes": max_bytes,
                 "max_audio_seconds": max_audio_seconds, "max_inflight_seconds": max_inflight_seconds}
 
