@@ -1,4 +1,4 @@
-"""Heads on encoder frames: layer choice, BiLSTM -> mean pooling (MAP) -> LinearP, AM-Softmax."""
+"""Heads on encoder frames: layer choice, BiLSTM -> mean pooling (MAP) -> LinearP, AM-Softmax, mean + std pooling."""
 
 import torch
 from torch import nn
@@ -85,3 +85,13 @@ class AMSoftmax(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # fp32: bf16 cosines (error ~4e-3) would move s * cos by ~0.1
             return F.normalize(x.float(), dim=-1) @ F.normalize(self.weight, dim=-1).t()
+
+
+def mean_std_pool(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, L, T, D) frames of L layers, (B,) valid frames -> (B, L, 2D): mean and population standard deviation
+    over each utterance's valid frames (the frozen probe's features)."""
+    m = valid_mask(lengths, frames.shape[2]).to(frames.dtype)[:, None, :, None]  # (B, 1, T, 1)
+    n = m.sum(2)
+    mean = (frames * m).sum(2) / n
+    std = (((frames - mean[:, :, None]) ** 2 * m).sum(2) / n).sqrt()
+    return torch.cat([mean, std], -1)

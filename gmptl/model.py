@@ -1,10 +1,10 @@
-"""The two models of GMP-TL: an utterance classifier (stages 1 and 3) and a masked predictor (stage 2)."""
+"""The models: GMP-TL's utterance classifier (stages 1 and 3) and masked predictor (stage 2), the frozen probe."""
 
 import torch
 from torch import nn
 
 from .encoders.base import SpeechEncoder
-from .heads import AMSoftmax, BiLSTMPool, LayerSelect, LinearP
+from .heads import AMSoftmax, BiLSTMPool, LayerSelect, LinearP, mean_std_pool
 
 
 class UtteranceClassifier(nn.Module):
@@ -64,3 +64,36 @@ class MaskedPredictor(nn.Module):
         out = self.encoder(waves, lengths, frame_mask=frame_mask)
         top = out.hidden_states[-1]
         return [head(top) for head in self.heads], out.lengths
+
+
+class ProbeClassifier(nn.Module):
+    """The frozen-encoder probe as one network: encoder -> one layer -> mean and standard deviation over the
+    valid frames -> standardised (the fitted scaler's ``mean`` and ``scale``) -> ``coef`` (C, 2D) and
+    ``intercept`` (C,) of the logistic regression, so the logits are its decision function
+    (``baselines.probe_classifier`` fills the buffers from scikit-learn's fit).
+
+    ``layer``: the hidden state it pools (0 .. ``encoder.num_layers``, as ``baselines.pooled_layers`` numbers them).
+    """
+
+    classifier = "probe"  # what a model directory's config.json names it, and what probability_scale reads
+    gender = None
+
+    def __init__(self, encoder: SpeechEncoder, num_classes: int, layer: int):
+        super().__init__()
+        if not 0 <= layer <= encoder.num_layers:
+            raise ValueError(f"probe layer {layer} out of range for {encoder.num_layers + 1} hidden states")
+        self.encoder, self.layer = encoder, layer
+        features = 2 * encoder.hidden_size
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+        self.register_buffer("coef", torch.zeros(num_classes, features))
+        self.register_buffer("intercept", torch.zeros(num_classes))
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, frame_mask: torch.Tensor | None = None,
+                feature_mask: torch.Tensor | None = None) -> dict:
+        """Returns ``emotion`` (B, C) logits, ``gender`` None and ``pooled`` (B, 2D) mean + std features."""
+        out = self.encoder(waves, lengths, frame_mask, feature_mask)
+        pooled = mean_std_pool(out.hidden_states[self.layer][:, None], out.lengths)[:, 0]  # (B, 2D)
+        with torch.autocast(pooled.device.type, enabled=False):  # standardised features amplify bf16 errors
+            z = (pooled.float() - self.mean) / self.scale
+            return {"emotion": z @ self.coef.t() + self.intercept, "gender": None, "pooled": pooled}

@@ -2,9 +2,11 @@
 
 ``config.json`` holds everything needed to rebuild the network without the hub: the encoder's
 transformers config, the head sizes, the label names, the training config, metrics and provenance.
-Models trained with GMP-TL also hold the pseudo-label centroids (``centroids.safetensors``: ``km<K>``,
-(K, D) float32) and the stage-1 encoder they were fitted on (``pseudo_encoder.safetensors``, same
-architecture as the model's encoder), so frames can be labelled as in training.
+A frozen probe (``system=probe``) is a ``ProbeClassifier``: its head, the scaler's mean and scale and the
+logistic regression's coef and intercept, is four tensors in the same safetensors. Models trained with GMP-TL
+also hold the pseudo-label centroids (``centroids.safetensors``: ``km<K>``, (K, D) float32) and the stage-1
+encoder they were fitted on (``pseudo_encoder.safetensors``, same architecture as the model's encoder), so
+frames can be labelled as in training.
 """
 
 import json
@@ -15,9 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .checkpoints import atomic_save
 from .encoders import SpeechEncoder, from_config
 from .errors import GmptlError
-from .model import UtteranceClassifier
+from .model import ProbeClassifier, UtteranceClassifier
 from .utils import atomic_json
 
 FORMAT = "gmptl-model/1"
@@ -37,37 +40,46 @@ def encoder_from_description(desc: dict) -> SpeechEncoder:
                        desc["normalize"])
 
 
-def save_model_dir(out: Path, model: UtteranceClassifier, labels: list[str], weights: Path, extra: dict,
-                   centroids: dict[str, torch.Tensor] | None = None,
+def head_description(model: UtteranceClassifier | ProbeClassifier) -> dict:
+    """The head's kind and sizes, for ``load_model_dir`` to rebuild it."""
+    if isinstance(model, ProbeClassifier):
+        return {"classifier": "probe", "layer": model.layer, "gender": False, "features": model.mean.numel()}
+    return {"layer": model.layer.index, "classifier": model.classifier, "gender": model.gender is not None,
+            "lstm_hidden": model.pool.hidden_size, "proj_hidden": model.emotion.hidden_size,
+            "embed_size": model.emotion.output_size if model.classifier == "amsoftmax" else None,
+            "dropout": model.emotion.dropout}
+
+
+def save_model_dir(out: Path, model: UtteranceClassifier | ProbeClassifier, labels: list[str], weights: Path | None,
+                   extra: dict, centroids: dict[str, torch.Tensor] | None = None,
                    pseudo_encoder: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a model directory from a trained classifier whose state is in ``weights``.
+    """Write a model directory from a trained classifier whose state is in ``weights`` (None: ``model``'s own).
 
     The weights file is hard-linked where the file system allows it (no second copy of a large encoder),
     copied otherwise. ``extra`` joins config.json (metrics, config, provenance).
     """
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.safetensors.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(weights, tmp)
-    except OSError:
-        shutil.copyfile(weights, tmp)
-    os.replace(tmp, out / "model.safetensors")
+    if weights is None:
+        atomic_save(model.state_dict(), out / "model.safetensors")
+    else:
+        tmp = out / "model.safetensors.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(weights, tmp)
+        except OSError:
+            shutil.copyfile(weights, tmp)
+        os.replace(tmp, out / "model.safetensors")
     for name, tensors in (("centroids", centroids), ("pseudo_encoder", pseudo_encoder)):
         if tensors:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{name}.safetensors"))
     meta = {"format": FORMAT, "labels": list(labels), "sample_rate": model.encoder.sample_rate,
-            "encoder": encoder_description(model.encoder),
-            "head": {"layer": model.layer.index, "classifier": model.classifier, "gender": model.gender is not None,
-                     "lstm_hidden": model.pool.hidden_size, "proj_hidden": model.emotion.hidden_size,
-                     "embed_size": model.emotion.output_size if model.classifier == "amsoftmax" else None,
-                     "dropout": model.emotion.dropout},
+            "encoder": encoder_description(model.encoder), "head": head_description(model),
             "centroids": sorted(centroids) if centroids else [], **extra}
     atomic_json(meta, out / "config.json")
     return out
 
 
-def load_model_dir(path) -> tuple[UtteranceClassifier, dict]:
+def load_model_dir(path) -> tuple[UtteranceClassifier | ProbeClassifier, dict]:
     """The classifier of a model directory, in eval mode, and its config.json."""
     path = Path(path)
     config_path, weights = path / "config.json", path / "model.safetensors"
@@ -80,10 +92,14 @@ def load_model_dir(path) -> tuple[UtteranceClassifier, dict]:
         raise GmptlError(f"{config_path}: not valid JSON ({e.msg})") from None
     if meta.get("format") != FORMAT:
         raise GmptlError(f"{config_path}: format {meta.get('format')!r}, this gmptl reads {FORMAT}")
-    h = meta["head"]
-    model = UtteranceClassifier(encoder_from_description(meta["encoder"]), len(meta["labels"]), h["layer"],
-                                gender=h["gender"], classifier=h["classifier"], lstm_hidden=h["lstm_hidden"],
-                                proj_hidden=h["proj_hidden"], embed_size=h["embed_size"] or 128, dropout=h["dropout"])
+    h, encoder = meta["head"], encoder_from_description(meta["encoder"])
+    if h["classifier"] == "probe":
+        model = ProbeClassifier(encoder, len(meta["labels"]), h["layer"])
+    else:
+        model = UtteranceClassifier(encoder, len(meta["labels"]), h["layer"], gender=h["gender"],
+                                    classifier=h["classifier"], lstm_hidden=h["lstm_hidden"],
+                                    proj_hidden=h["proj_hidden"], embed_size=h["embed_size"] or 128,
+                                    dropout=h["dropout"])
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), meta
 

@@ -243,29 +243,49 @@ def write_predictions(test: AudioSet, emotion_scores: np.ndarray, out: Path) -> 
     return scores(test.emotion[keep], pred[keep], test.labels)
 
 
-def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet, out: Path, info: dict,
+def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet | None, out: Path, info: dict,
               start: float) -> dict:
-    """The frozen-encoder baseline: no fine-tuning, the layer chosen on validation speakers."""
+    """The frozen-encoder probe: no fine-tuning, the layer and C chosen on validation speakers (or by speaker
+    cross-validation); tested on ``test`` where given, saved as a model directory (``out/model``)."""
     from .baselines import probe
 
+    torch.manual_seed(cfg.train.seed * 10 + 1)  # a random test encoder's weights (pretrained ones load)
     encoder = new_encoder(cfg).to(resolve_device(cfg.train.device))
     found = probe(encoder, train, valid, test, cfg.data.eval_max_seconds, cfg.train.seed,
                   cfg.probe.select, cfg.probe.groups, cfg.probe.c)
-    result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances}),
-              **write_predictions(test, found["probabilities"], out),
-              "probe": {k: found[k] for k in ("layer", "c", "select", "valid_uar_per_layer", "valid_uar")},
-              "failed_files": [str(e) for e in train.failed + valid.failed + test.failed],
-              "wall_s": round(time.perf_counter() - start, 1)}
+    result = {**info, "valid_speakers": sorted({u.speaker for u in valid.utterances})}
+    test_scores = test_labels = None
+    if test is not None:
+        result.update(write_predictions(test, found["scores"], out))  # logits: softmax gives predict_proba
+        kept = decoded(test)
+        test_scores, test_labels = found["scores"][kept], test.emotion[kept]
+    # The temperature on predictions of speakers the fitted probe did not see: the validation speakers', or
+    # with speaker-cv (refitted on all training speakers) each group's held-out predictions.
+    cv = cfg.probe.select == "speaker-cv"
+    held_out = train.utterances + valid.utterances if cv else valid.utterances
+    calibration, tested = calibrate(found["valid_scores"], found["valid_labels"], test_scores, test_labels,
+                                    speakers={u.speaker for u in held_out})
+    if cv and calibration["fitted_on"]:
+        calibration["fitted_on"] = tested["fitted_on"] = "held-out predictions of the probe's speaker cross-validation"
+    if tested:
+        result["calibration"] = tested
+    metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
+    metrics["valid_uar"] = found["chosen_valid_uar"]
+    export(cfg, found["model"], None, train.labels, out, metrics, info["protocol"], {}, calibration)
+    failed = train.failed + valid.failed + (test.failed if test is not None else [])
+    result.update(probe={k: found[k] for k in ("layer", "c", "select", "valid_uar_per_layer", "valid_uar")},
+                  failed_files=[str(e) for e in failed], wall_s=round(time.perf_counter() - start, 1))
     result.update(compute_s=result["wall_s"], provenance=provenance())
     atomic_json(result, out / "result.json")
     return result
 
 
-def export(cfg: Config, model, weights: Path, labels: list[str], out: Path, metrics: dict, protocol: str,
+def export(cfg: Config, model, weights: Path | None, labels: list[str], out: Path, metrics: dict, protocol: str,
            dirs: dict[str, Path], calibration: dict | None = None) -> Path:
     """The final model as a model directory (``out/model``), with the pseudo-label centroids and the stage-1
-    encoder of ``dirs``; ``protocol`` says whether its test speakers were unseen in training; ``calibration``:
-    the temperature record of ``gmptl.calibration.calibrate``."""
+    encoder of ``dirs``; ``weights``: its state (None: ``model``'s own, the probe's); ``protocol`` says whether
+    its test speakers were unseen in training; ``calibration``: the temperature record of
+    ``gmptl.calibration.calibrate``."""
     from safetensors.torch import load_file
 
     from .modeldir import save_model_dir
@@ -317,9 +337,7 @@ def run_split(cfg: Config, labels: list[str], train_utts, valid_utts, test_utts,
     train = audio(train_utts, "train", Augment(cfg.augment) if Augment.wanted(cfg.augment) else None)
     valid = audio(valid_utts, "valid")
     if cfg.system == "probe":
-        if not test_utts:
-            raise ConfigError("system=probe is a cross-validation baseline: use gmptl cv (it makes no model)")
-        return run_probe(cfg, train, valid, audio(test_utts, "test"), out, info, start)
+        return run_probe(cfg, train, valid, audio(test_utts, "test") if test_utts else None, out, info, start)
     corpus = "+".join(c.corpus for c in cfg.data.corpora) or cfg.data.corpus
     key = f"{corpus}/{info.get('fold', 'all')}"
     dirs = step_dirs(cfg, out, shared, key)
