@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -597,6 +599,143 @@ def bench_train_throughput(args, work: Path) -> dict:
                out["baseline"], 2), workers=default_workers(),
                target="in_memory (the default for a corpus this size) / baseline >= 1 within run-to-run noise")
     return out
+
+
+HEALTH_WATCH = """
+import sys, time, httpx
+begin = time.perf_counter()
+while True:
+    start = time.perf_counter()
+    try:
+        ok = httpx.get(sys.argv[1] + "/v1/health", timeout=30).status_code == 200
+    except httpx.TransportError:
+        ok = False
+    print(round(start - begin, 2), time.perf_counter() - start if ok else -1.0, flush=True)
+    time.sleep(0.25)
+"""
+
+
+def start_server(model: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """``gmptl serve MODEL`` on a free loopback port, once its health check answers."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gmptl", "serve", str(model), "--port", str(port), *options],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"gmptl serve did not start: {proc.stderr.read()[-2000:]}")
+
+
+def peak_rss_gb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM)."""
+    return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")).split()[1]) / 2**20
+
+
+def bench_service_vs_batch(args, work: Path) -> dict:
+    """Audio seconds per second of ``gmptl serve`` at concurrency 16 over real HTTP on loopback (raw WAV
+    bodies) against ``gmptl predict``'s loop (``Recognizer.predict_files``) on the same RAVDESS files, each in
+    a process of its own with the model loaded before the clock starts; 3 interleaved rounds, medians."""
+    import httpx
+
+    model = model_dir("whisper-tiny.en", work / "whisper")
+    files = sorted(args.ravdess.glob("Actor_*/*.flac"))[:: max(1, 1440 // (2 * args.clips))]
+    bodies = [f.read_bytes() for f in files]
+    audio = sum(sf.info(f).duration for f in files)
+    batch_code = ("import sys, time, gmptl; rec = gmptl.load(sys.argv[1]); files = sys.argv[2:]; "
+                  "start = time.perf_counter(); out = list(rec.predict_files(files)); "
+                  "print(time.perf_counter() - start); print(*[p.label for p in out])")
+    runs, labels = {"batch": [], "service": []}, {}
+    for _ in range(3):  # interleaved: a machine that slows down slows both alike
+        done = subprocess.run([sys.executable, "-c", batch_code, str(model), *map(str, files)], cwd=REPO,
+                              check=True, capture_output=True, text=True).stdout.splitlines()
+        runs["batch"].append(audio / float(done[0]))
+        labels["batch"] = done[1].split()
+        proc, url = start_server(model)
+        try:
+            with httpx.Client(timeout=300) as client, ThreadPoolExecutor(16) as pool:
+                client.post(f"{url}/v1/predict", content=bodies[0])  # warm
+                start = time.perf_counter()
+                answers = list(pool.map(lambda b: client.post(f"{url}/v1/predict", content=b), bodies))
+                runs["service"].append(audio / (time.perf_counter() - start))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        if bad := [a.status_code for a in answers if a.status_code != 200]:
+            raise RuntimeError(f"service answered {bad}")
+        labels["service"] = [a.json()["label"] for a in answers]
+    out = {"files": len(files), "audio_s": round(audio, 1), "concurrency": 16, "rounds": runs,
+           **{f"{k}_audio_s_per_s": round(float(np.median(v)), 1) for k, v in runs.items()},
+           "same_labels": labels["batch"] == labels["service"]}
+    out.update(ratio=round(out["service_audio_s_per_s"] / out["batch_audio_s_per_s"], 2),
+               target="service / batch >= 0.9")
+    return out
+
+
+def long_wav(args, path: Path, minutes: float) -> Path:
+    """A 16-bit mono 16 kHz WAV of RAVDESS speech, ``minutes`` long, written block by block."""
+    if not path.exists():
+        pieces = [load_audio(f) for f in sorted(args.ravdess.glob("Actor_0[34]/*.flac"))]
+        total, written, i = int(minutes * 60 * 16000), 0, 0
+        with sf.SoundFile(path.with_suffix(".tmp"), "w", 16000, 1, format="WAV", subtype="PCM_16") as f:
+            while written < total:
+                w = pieces[i % len(pieces)][: total - written]
+                f.write(w)
+                written, i = written + len(w), i + 1
+        path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def bench_service_overload(args, work: Path) -> dict:
+    """64 concurrent uploads of a 40 MB WAV (21 minutes of speech) to ``gmptl serve`` with its default limits
+    (Whisper tiny.en): every answer's status, how many got their full result, the server's peak resident
+    memory and the slowest ``/v1/health`` (polled every 0.25 s by a process of its own) throughout."""
+    import httpx
+
+    model = model_dir("whisper-tiny.en", work / "whisper")
+    wav = long_wav(args, work / "meeting.wav", 21.0)
+    body, seconds = wav.read_bytes(), sf.info(wav).duration
+    proc, url = start_server(model)
+    watcher = subprocess.Popen([sys.executable, "-c", HEALTH_WATCH, url], stdout=subprocess.PIPE, text=True)
+    start = time.perf_counter()
+
+    def post(_):
+        try:
+            r = httpx.post(f"{url}/v1/predict", content=body, timeout=3600)
+            return r.status_code, r.headers.get("retry-after"), r.json().get("duration"), time.perf_counter() - start
+        except httpx.HTTPError as e:  # a dropped request: the benchmark fails on it
+            return f"dropped ({type(e).__name__})", None, None, time.perf_counter() - start
+
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(post, range(64)))
+        peak = peak_rss_gb(proc.pid)
+    finally:
+        watcher.terminate()
+        proc.terminate()
+        proc.wait(timeout=30)
+    checks = [tuple(map(float, line.split())) for line in watcher.communicate(timeout=30)[0].splitlines()]
+    health = [h for _, h in checks]
+    codes = [a[0] for a in answers]
+    full = [a for a in answers if a[0] == 200 and abs(a[2] - seconds) < 0.01]
+    return {"uploads": 64, "upload_mb": round(len(body) / 1e6, 1), "audio_s": round(seconds, 1),
+            "answers": {str(c): codes.count(c) for c in sorted(set(codes), key=str)}, "full_results": len(full),
+            "slowest_200_s": round(max(a[3] for a in full), 1) if full else None,
+            "retry_after_s": sorted({int(a[1]) for a in answers if a[1]}),
+            "peak_rss_gb": round(peak, 3), "health_checks": len(health),
+            "health_max_s": round(max(health), 3) if health else None, "health_failed": sum(h < 0 for h in health),
+            "health_p99_s": round(float(np.percentile(health, 99)), 3) if health else None,
+            "health_over_1s_at_s": [t for t, h in checks if h > 1.0],
+            "defaults": {"max_upload_mb": 50, "max_audio_seconds": 3600, "max_inflight_seconds": 7200},
+            "target": "all answered 200/503/413, >= 4 full results, peak_rss_gb <= 2.5, health_max_s <= 1"}
 
 
 BENCHES = {name[len("bench_"):]: fn for name, fn in globals().items() if name.startswith("bench_")}

@@ -266,7 +266,9 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet | No
     calibration, tested = calibrate(found["valid_scores"], found["valid_labels"], test_scores, test_labels,
                                     speakers={u.speaker for u in held_out})
     if cv and calibration["fitted_on"]:
-        calibration["fitted_on"] = tested["fitted_on"] = "held-out predictions of the probe's speaker cross-validation"
+        calibration["fitted_on"] = "held-out predictions of the probe's speaker cross-validation"
+        if tested:
+            tested["fitted_on"] = calibration["fitted_on"]
     if tested:
         result["calibration"] = tested
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}

@@ -92,6 +92,7 @@ class Job:
     done: Future = field(default_factory=Future)
     ahead: deque = field(default_factory=deque)  # pieces decoded and not yet scored
     scored: list = field(default_factory=list)   # (first sample, samples, emotion (C,), gender (2,) or None)
+    done_seconds: float = 0.0                    # audio scored so far
     ended: bool = False
     error: Exception | None = None
 
@@ -135,8 +136,7 @@ class Scorer:
         """Queue a request's pieces; its future gets the ``scored`` list, or the ``AudioError`` met."""
         with self.cond:
             if self.in_flight and self.in_flight + seconds > self.max_seconds:
-                excess = self.in_flight + seconds - self.max_seconds
-                raise Busy(self.in_flight, int(min(600, max(1, math.ceil(excess / self.rate)))) if self.rate else 10)
+                raise Busy(self.in_flight, self.retry_after(self.in_flight + seconds - self.max_seconds))
             job = Job(pieces, seconds)
             self.jobs.append(job)
             self.in_flight += seconds
@@ -145,6 +145,21 @@ class Scorer:
                 self.thread.start()
             self.cond.notify()
         return job.done
+
+    def retry_after(self, excess: float) -> int:
+        """Seconds (1 to 600) until requests holding ``excess`` seconds of the limit have been answered, if the
+        requests in flight share the scorer equally at its recent rate (10 before a rate is known)."""
+        if not self.rate:
+            return 10
+        jobs = sorted(self.jobs, key=lambda job: job.seconds - job.done_seconds)
+        left = [max(job.seconds - job.done_seconds, 0.0) for job in jobs]
+        freed = elapsed = 0.0
+        for k, job in enumerate(jobs):  # job k finishes when the k shorter ones and its share of the rest are done
+            elapsed = sum(left[:k + 1]) + (len(jobs) - k - 1) * left[k]
+            freed += job.seconds
+            if freed >= excess:
+                break
+        return int(min(600, max(1, math.ceil(elapsed / self.rate))))
 
     def _batch(self, jobs: list[Job]) -> list[tuple[Job, int, np.ndarray]]:
         """The next batch: the shortest waiting pieces that fit ``batch_size`` and ``batch_samples`` padded."""
@@ -177,6 +192,7 @@ class Scorer:
                 else:
                     for i, (job, start, piece) in enumerate(batch):
                         job.scored.append((start, len(piece), emotion[i], None if gender is None else gender[i]))
+                        job.done_seconds += len(piece) / self.recognizer.sample_rate
                     audio = sum(len(p) for _, _, p in batch) / self.recognizer.sample_rate
                     rate = audio / max(time.perf_counter() - begin, 1e-6)
                     self.rate = rate if not self.rate else 0.8 * self.rate + 0.2 * rate

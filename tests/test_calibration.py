@@ -137,7 +137,7 @@ def test_a_fold_calibrates_on_its_validation_speakers(tmp_path, capsys):
     assert record["fitted_on"] == "validation speakers" and record["temperature"] != 1.0
     # Refit from the model directory's raw probabilities of those utterances: the same T.
     raw = gmptl.load(fold_run / f"fold{k}" / "model", calibrate=False)
-    probs, _ = raw._scores([gmptl.audio.load_audio(u.path) for u in valid])
+    probs, _ = raw.probabilities([gmptl.audio.load_audio(u.path) for u in valid])
     y = np.array([raw.labels.index(u.emotion) for u in valid])
     assert record["temperature"] == pytest.approx(reference_temperature(np.log(probs), y), rel=2e-3)
     # The test record: NLL of the written test scores before and after T.
@@ -179,12 +179,12 @@ def test_load_divides_the_scores_by_the_temperature(tmp_path):
     model_dir = model_with_temperature(tmp_path, 2.5)
     cal, raw = gmptl.load(model_dir), gmptl.load(model_dir, calibrate=False)
     assert cal.temperature == 2.5 and raw.temperature == 1.0
-    p_cal, p_raw = cal._scores(waves())[0], raw._scores(waves())[0]
+    p_cal, p_raw = cal.probabilities(waves())[0], raw.probabilities(waves())[0]
     assert np.abs(log_ratios(p_raw)).max() > 1, "the raw probabilities are far from uniform"
     assert np.allclose(log_ratios(p_cal), log_ratios(p_raw) / 2.5, atol=1e-4)
     old = model_with_temperature(tmp_path, None)  # a model directory from before calibration
     assert gmptl.load(old).temperature == 1.0
-    assert np.allclose(gmptl.load(old)._scores(waves())[0], p_raw, atol=1e-6)
+    assert np.allclose(gmptl.load(old).probabilities(waves())[0], p_raw, atol=1e-6)
     meta = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**meta, "calibration": {"temperature": -1}}))
     with pytest.raises(GmptlError, match="calibration temperature -1: not a positive number"):
@@ -199,8 +199,8 @@ def test_onnx_export_is_calibrated_as_the_torch_backend(tmp_path):
     onnx_cal, onnx_raw = gmptl.load(model_dir, backend="onnx"), gmptl.load(model_dir, backend="onnx", calibrate=False)
     assert onnx_cal.meta["temperature"] == "2.5" and onnx_cal.temperature == 2.5 and onnx_raw.temperature == 1.0
     for calibrate, rec in ((True, onnx_cal), (False, onnx_raw)):
-        expected = gmptl.load(model_dir, calibrate=calibrate)._scores(waves())[0]
-        assert np.abs(rec._scores(waves())[0] - expected).max() <= 1e-4
+        expected = gmptl.load(model_dir, calibrate=calibrate).probabilities(waves())[0]
+        assert np.abs(rec.probabilities(waves())[0] - expected).max() <= 1e-4
 
 
 def test_no_calibrate_on_predict_timeline_and_serve(tmp_path, monkeypatch):

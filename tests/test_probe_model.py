@@ -57,7 +57,7 @@ def check_reproduces_predictions(model_dir: Path, run: Path, audio_dir: Path) ->
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     rec = gmptl.load(model_dir)
     got = list(rec.predict_files([audio_dir / f"{r['id']}.wav" for r in rows], batch_size=7))
-    expected = softmax(np.array([r["scores"] for r in rows]))
+    expected = softmax(np.array([r["scores"] for r in rows]) / rec.temperature)  # calibrated as the model is
     probabilities = np.array([[p.probabilities[label] for label in rec.labels] for p in got])
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
     assert [p.label for p in got] == [r["predicted"] for r in rows]
@@ -82,6 +82,10 @@ def test_every_cv_fold_model_reproduces_its_predictions(cv_run, corpus):
         assert meta["head"]["layer"] == result["probe"]["layer"]
         assert meta["metrics"]["uar"] == result["uar"]
         assert meta["metrics"]["valid_uar"] == pytest.approx(max(result["probe"]["valid_uar"].values()), abs=0.01)
+        # The temperature comes from the validation speakers only, never the fold's test speakers.
+        assert meta["calibration"]["speakers"] == result["valid_speakers"]
+        assert not set(meta["calibration"]["speakers"]) & set(result["test_speakers"])
+        assert result["calibration"]["temperature"] == meta["calibration"]["temperature"]
         check_reproduces_predictions(fold / "model", fold, corpus.parent)
         check_no_pickle(fold / "model")
 
@@ -113,6 +117,10 @@ def test_train_makes_a_loadable_probe_model(corpus, tmp_path, capsys):
     p = rec.predict_file(corpus.parent / "spk00_angry_0.wav")
     assert p.label in rec.labels and sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert rec.meta["protocol"] == "speaker-independent" and "uar" not in rec.meta["metrics"]
+    calibration = rec.meta["calibration"]  # speaker-cv: every training speaker held out once
+    rows = list(csv.DictReader(open(corpus)))
+    assert calibration["n"] == len(rows) and calibration["speakers"] == sorted({r["speaker"] for r in rows})
+    assert calibration["fitted_on"] in (None, "held-out predictions of the probe's speaker cross-validation")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import soundfile as sf
 
 import gmptl
 from gmptl.errors import AudioError
-from gmptl.service import Busy, Scorer, create_app
+from gmptl.service import Busy, Job, Scorer, create_app
 from test_export import make_model_dir
 from test_service import free_port, wav_bytes
 
@@ -153,3 +153,17 @@ def test_overload_over_http_answers_every_request_and_health_stays_quick(tmp_pat
     assert all(int(a.headers["retry-after"]) >= 1 for a in answers if a.status_code == 503)
     assert all(a.json()["duration"] == 20.0 for a in answers if a.status_code == 200)
     assert health and max(health) < 1.0, f"slowest /v1/health {max(health):.2f} s"
+
+
+def test_retry_after_is_when_enough_audio_would_be_answered():
+    scorer = Scorer(Gated(), max_seconds=30.0)
+    scorer.rate = 2.0  # audio seconds scored per second, as if measured
+    scorer.jobs = [Job(iter(()), 10.0), Job(iter(()), 20.0, done_seconds=5.0)]  # 10 s and 15 s left
+    scorer.in_flight = 30.0
+    # Sharing the scorer, the first is answered after 2 x 10 s of audio (10 s at 2 s/s), the second after
+    # 10 + 15 s (12.5 s, rounded up).
+    assert scorer.retry_after(5.0) == 10
+    assert scorer.retry_after(15.0) == 13
+    with pytest.raises(Busy) as busy:
+        scorer.submit(pieces(20.0), 20.0)  # 20 s over the limit: both must be answered first
+    assert busy.value.retry_after == 13
