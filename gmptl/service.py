@@ -41,6 +41,7 @@ from .inference import Prediction, Recognizer
 
 DEFAULT_MAX_MB = 50.0
 DEFAULT_MAX_AUDIO_S = 3600.0     # an hour: a 21-minute meeting fits
+RECEIVING = 4  # uploads read at once (the others wait unread)
 DEFAULT_MAX_INFLIGHT_S = 7200.0  # five 21-minute recordings at once; queued audio waits on disk, not in memory
 UPLOAD_ANSWERS = {401: {"description": "no or wrong bearer token (with --token)"},
                   413: {"description": "upload or audio over its limit"},
@@ -279,9 +280,12 @@ async def spool(request, max_bytes: int, max_audio_seconds: float) -> tuple[Path
 
 
 @contextlib.asynccontextmanager
-async def uploaded(request, max_bytes: int, max_audio_seconds: float):
-    """``spool``'s (path, name, header) of an upload, its file removed afterwards."""
-    path, name, info = await spool(request, max_bytes, max_audio_seconds)
+async def uploaded(request, max_bytes: int, max_audio_seconds: float, receiving: asyncio.Semaphore):
+    """``spool``'s (path, name, header) of an upload, its file removed afterwards. Only as many uploads as
+    ``receiving`` allows are read at once; the others wait, unread (TCP holds them back), so a burst of large
+    uploads cannot keep the event loop from answering health checks, nor fill the disk."""
+    async with receiving:
+        path, name, info = await spool(request, max_bytes, max_audio_seconds)
     try:
         yield path, name, info
     finally:
@@ -320,8 +324,10 @@ def create_app(recognizer: Recognizer, max_bytes: int = int(DEFAULT_MAX_MB * 1e6
         metrics.requests.labels(request.url.path, str(response.status_code)).inc()
         return response
 
+    receiving = asyncio.Semaphore(RECEIVING)
+
     def upload(request: Request):
-        return uploaded(request, max_bytes, max_audio_seconds)
+        return uploaded(request, max_bytes, max_audio_seconds, receiving)
 
     authorized = bearer(token)
     piece = recognizer.max_samples
