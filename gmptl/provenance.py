@@ -4,6 +4,7 @@ import functools
 import os
 import platform
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,3 +41,18 @@ def provenance() -> dict:
     machine = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads{gpu}"
     return {"commit": commit, "modified": dirty, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine, "python": platform.python_version(), "torch": torch.__version__}
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 3) -> float:
+    """This machine's fp32 matmul rate in GFLOP/s: the best of ``repeat`` ``(n, n) @ (n, n)`` products (after one
+    that warms up) on the threads torch uses. A time measured here times this rate over another machine's rate is
+    that time on the other machine, for work dominated by fp32 matmuls as training an encoder is."""
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9

@@ -138,3 +138,16 @@ def test_every_option_is_documented_once_and_listed(capsys):
     assert capsys.readouterr().out == options_table()
     table = (REPO / "docs" / "options.md").read_text()
     assert options_table(markdown=True) in table, "docs/options.md: paste `gmptl config --list --markdown`"
+
+
+def test_demo_config_runs_every_stage_of_gmp_tl():
+    """`make demo` is cut to its time budget (configs/demo.yaml), but still shows all of GMP-TL."""
+    c = load_config(REPO / "configs" / "demo.yaml")
+    assert c.system == "gmp-tl" and len(c.pseudo.scales) == 3
+    assert min(c.stage1.epochs, c.stage2.epochs, c.stage3.epochs) >= 1
+
+
+def test_matmul_rate_is_a_positive_figure():
+    from gmptl.provenance import matmul_gflops
+
+    assert matmul_gflops(n=64, repeat=2) > 0
