@@ -41,7 +41,7 @@ def pieces(seconds: float, size: float = 1.0):
 
 def test_admission_counts_audio_in_flight_and_refuses_with_a_retry_time():
     rec = Gated()
-    scorer = Scorer(rec, max_seconds=10.0)
+    scorer = Scorer(rec, max_seconds=10.0, threads=1)
     first = scorer.submit(pieces(6.0), 6.0)
     assert scorer.in_flight == 6.0
     with pytest.raises(Busy) as busy:
@@ -60,7 +60,7 @@ def test_admission_counts_audio_in_flight_and_refuses_with_a_retry_time():
 
 def test_concurrent_requests_share_batches_within_the_padding_budget():
     rec = Gated()
-    scorer = Scorer(rec, max_seconds=1000.0, batch_size=16, batch_seconds=8.0)
+    scorer = Scorer(rec, max_seconds=1000.0, batch_size=16, batch_seconds=8.0, threads=1)
     blocker = scorer.submit(pieces(1.0), 1.0)  # holds the scoring thread at the gate
     time.sleep(0.2)
     short = [scorer.submit(pieces(0.5, 0.5), 0.5) for _ in range(10)]
@@ -74,6 +74,28 @@ def test_concurrent_requests_share_batches_within_the_padding_budget():
     assert rec.batches[1] == [8000] * 10
     assert all(len(b) * max(b) <= 8 * 16000 for b in rec.batches)
     assert sorted(n for b in rec.batches[2:] for n in b) == [32000] * 3
+
+
+def test_two_scoring_threads_score_every_piece_once_and_answer_each_request_once():
+    class Counting(Gated):
+        def probabilities(self, waves):
+            time.sleep(0.005)
+            self.batches.append([len(w) for w in waves])
+            return np.stack([np.full(2, float(w[0])) for w in waves]), None
+
+    rec = Counting()
+    scorer = Scorer(rec, max_seconds=1e6, batch_size=4, batch_seconds=8.0, threads=2)
+
+    def numbered(job: int, n: int):  # each piece's samples hold its request's number
+        return iter([(16000 * i, np.full(16000, job, np.float32)) for i in range(n)])
+
+    futures = [scorer.submit(numbered(j, 1 + j % 7), 1.0 + j % 7) for j in range(40)]
+    for j, f in enumerate(futures):
+        got = f.result(20)
+        assert [s[0] for s in got] == [16000 * i for i in range(1 + j % 7)], "every piece once, in order"
+        assert all(s[2][0] == j for s in got), "only its own pieces"
+    assert sum(len(b) for b in rec.batches) == sum(1 + j % 7 for j in range(40))
+    assert scorer.in_flight == 0.0 and not scorer.jobs
 
 
 def test_a_decoding_error_found_mid_stream_fails_only_its_request():
