@@ -1,6 +1,5 @@
 """One loader used everywhere: decode, check, down-mix to mono and resample to 16 kHz."""
 
-import io
 import os
 import re
 from collections.abc import Iterator
@@ -57,24 +56,6 @@ def _check_file(path) -> str:
     return path
 
 
-def _header(source, name: str) -> AudioInfo:
-    """The checked header of a path or file object; ``name`` is what errors report."""
-    try:
-        info = sf.info(source)
-    except Exception as e:  # LibsndfileError mostly, but odd headers also give TypeError/ValueError
-        raise AudioError(name, f"not audio or unsupported format ({_why(e)})") from e
-    if not 1 <= info.channels <= MAX_CHANNELS:
-        raise AudioError(name, f"absurd channel count {info.channels} (expected 1 to {MAX_CHANNELS})")
-    if not MIN_RATE <= info.samplerate <= MAX_RATE:
-        raise AudioError(name, f"absurd sample rate {info.samplerate} Hz (expected {MIN_RATE} to {MAX_RATE})")
-    if info.frames <= 0:  # also what a Vorbis file cut before its first page looks like
-        raise AudioError(name, "no audio frames (empty or truncated)")
-    clamped = _CLAMPED_CHUNK.search(getattr(info, "extra_info", ""))
-    if clamped and int(clamped[1]) != _UNKNOWN_SIZE:
-        raise AudioError(name, f"truncated file: header promises {clamped[1]} bytes of audio, {clamped[2]} are there")
-    return AudioInfo(name, info.samplerate, info.channels, info.frames)
-
-
 def audio_files(folder, suffixes: tuple[str, ...] = AUDIO_SUFFIXES) -> list[Path]:
     """Audio files under ``folder`` (any depth), sorted; macOS ``._*`` companions (not audio) are skipped."""
     return sorted(p for p in Path(folder).rglob("*")
@@ -88,7 +69,20 @@ def audio_info(path) -> AudioInfo:
     sample rate, or no frames.
     """
     path = _check_file(path)
-    return _header(path, path)
+    try:
+        info = sf.info(path)
+    except Exception as e:  # LibsndfileError mostly, but odd headers also give TypeError/ValueError
+        raise AudioError(path, f"not audio or unsupported format ({_why(e)})") from e
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise AudioError(path, f"absurd channel count {info.channels} (expected 1 to {MAX_CHANNELS})")
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise AudioError(path, f"absurd sample rate {info.samplerate} Hz (expected {MIN_RATE} to {MAX_RATE})")
+    if info.frames <= 0:  # also what a Vorbis file cut before its first page looks like
+        raise AudioError(path, "no audio frames (empty or truncated)")
+    clamped = _CLAMPED_CHUNK.search(getattr(info, "extra_info", ""))
+    if clamped and int(clamped[1]) != _UNKNOWN_SIZE:
+        raise AudioError(path, f"truncated file: header promises {clamped[1]} bytes of audio, {clamped[2]} are there")
+    return AudioInfo(path, info.samplerate, info.channels, info.frames)
 
 
 def _check_finite(data: np.ndarray, name: str, rate: int, start: int = 0) -> None:
@@ -126,26 +120,6 @@ def to_mono_resampled(data: np.ndarray, rate: int, sample_rate: int = SAMPLE_RAT
     return mono.astype(np.float32, copy=False)
 
 
-def _decode(source, name: str, sample_rate: int, min_samples: int) -> np.ndarray:
-    """Decode a path or bytes, with every check; ``name`` is what errors report."""
-    opened = (lambda: io.BytesIO(source)) if isinstance(source, bytes) else (lambda: source)  # fresh each open
-    info = _header(opened(), name)
-    try:
-        data, _ = sf.read(opened(), dtype="float32", always_2d=True)  # (S, C)
-    except Exception as e:  # a cut FLAC/MP3 fails mid-read ("flac decoder lost sync")
-        raise AudioError(name, f"undecodable, perhaps truncated ({_why(e)})") from e
-    if len(data) < info.frames:  # a cut MP3 reads short without an error
-        raise AudioError(name, f"truncated file: decoded {len(data)} of {info.frames} frames")
-    # Before resampling: soxr turns one Inf into a run of NaNs, and the reason would be wrong.
-    _check_finite(data, name, info.sample_rate)
-    try:
-        wave = to_mono_resampled(data, info.sample_rate, sample_rate)
-    except Exception as e:
-        raise AudioError(name, f"cannot resample from {info.sample_rate} Hz ({_why(e)})") from e
-    validate_waveform(wave, name, min_samples, sample_rate)
-    return wave
-
-
 def load_audio(path, sample_rate: int = SAMPLE_RATE, min_samples: int = 400) -> np.ndarray:
     """Decode a file (any format libsndfile reads: WAV, FLAC, OGG/Opus, MP3, ...) to checked mono.
 
@@ -153,23 +127,22 @@ def load_audio(path, sample_rate: int = SAMPLE_RATE, min_samples: int = 400) -> 
     Raises AudioError when the file cannot be used, with the reason (see ``audio_info`` and
     ``validate_waveform``, plus undecodable or truncated data).
     """
-    path = _check_file(path)
-    return _decode(path, path, sample_rate, min_samples)
-
-
-def decode_bytes(data: bytes, name: str = "<bytes>", sample_rate: int = SAMPLE_RATE,
-                 min_samples: int = 400) -> np.ndarray:
-    """``load_audio`` on an in-memory file (an upload); ``name`` stands for the path in errors."""
-    if not data:
-        raise AudioError(name, "empty file (0 bytes)")
-    return _decode(bytes(data), name, sample_rate, min_samples)
-
-
-def bytes_info(data: bytes, name: str = "<bytes>") -> AudioInfo:
-    """``audio_info`` of an in-memory file: its checked header, nothing decoded."""
-    if not data:
-        raise AudioError(name, "empty file (0 bytes)")
-    return _header(io.BytesIO(data), name)
+    info = audio_info(path)
+    path = info.path
+    try:
+        data, _ = sf.read(path, dtype="float32", always_2d=True)  # (S, C)
+    except Exception as e:  # a cut FLAC/MP3 fails mid-read ("flac decoder lost sync")
+        raise AudioError(path, f"undecodable, perhaps truncated ({_why(e)})") from e
+    if len(data) < info.frames:  # a cut MP3 reads short without an error
+        raise AudioError(path, f"truncated file: decoded {len(data)} of {info.frames} frames")
+    # Before resampling: soxr turns one Inf into a run of NaNs, and the reason would be wrong.
+    _check_finite(data, path, info.sample_rate)
+    try:
+        wave = to_mono_resampled(data, info.sample_rate, sample_rate)
+    except Exception as e:
+        raise AudioError(path, f"cannot resample from {info.sample_rate} Hz ({_why(e)})") from e
+    validate_waveform(wave, path, min_samples, sample_rate)
+    return wave
 
 
 def stream_audio(path, sample_rate: int = SAMPLE_RATE, block_seconds: float = 30.0) -> Iterator[np.ndarray]:

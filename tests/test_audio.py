@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gmptl.audio import (SAMPLE_RATE, AudioInfo, audio_info, decode_bytes, load_audio, stream_audio,
+from gmptl.audio import (SAMPLE_RATE, AudioInfo, audio_info, load_audio, stream_audio,
                          to_mono_resampled, validate_waveform)
 from gmptl.errors import AudioError
 
@@ -162,21 +162,6 @@ def test_batch_job_keeps_good_files_and_reports_bad_ones(tmp_path):
             failed[e.path] = e.reason
     assert list(loaded) == [good[0], good[1], good[2]]
     assert set(failed) == {str(p) for p in bad.values()}
-
-
-# --- in-memory ------------------------------------------------------------------------------
-
-
-def test_decode_bytes_equals_load_audio(tmp_path):
-    path = write(tmp_path / "a.flac", np.stack([sine(44100, 1.0), sine(44100, 1.0, freq=300)], axis=1), 44100)
-    np.testing.assert_array_equal(decode_bytes(path.read_bytes()), load_audio(path))
-
-
-@pytest.mark.parametrize("data, reason", [(b"junk", "not audio"), (b"", "empty")])
-def test_decode_bytes_bad(data, reason):
-    with pytest.raises(AudioError, match=reason) as err:
-        decode_bytes(data, name="upload.wav")
-    assert err.value.path == "upload.wav"
 
 
 # --- streaming ------------------------------------------------------------------------------
