@@ -70,16 +70,18 @@ def pool_bins(parts: list[dict]) -> dict:
     return pooled
 
 
-def calibrate(valid_scores, valid_labels, test_scores=None, test_labels=None, speakers=()) -> tuple[dict, dict | None]:
+def calibrate(valid_scores, valid_labels, test_scores=None, test_labels=None, speakers=(),
+              fitted_on: str = "validation speakers") -> tuple[dict, dict | None]:
     """Fit T on validation scores (already times the probability scale) and labels; returns the model's
     config.json record and, with test scores and labels, the result.json record (test NLL, ECE and
-    reliability bins before and after). With fewer than ``MIN_N`` validation utterances T is 1, with a reason."""
+    reliability bins before and after). With fewer than ``MIN_N`` validation utterances T is 1, with a reason.
+    ``fitted_on`` says what the held-out scores are, for both records."""
     valid_scores, valid_labels = np.asarray(valid_scores, dtype=np.float64), np.asarray(valid_labels)
     for z, y, name in ((valid_scores, valid_labels, "validation"), (test_scores, test_labels, "test")):
         if (z is None) != (y is None) or z is not None and (np.ndim(z) != 2 or len(z) != len(y)):
             raise ValueError(f"calibrate: {name} scores must be (N, C) with N labels, got {np.shape(z)} and "
                              f"{np.shape(y)}")
-    record = {"temperature": 1.0, "fitted_on": "validation speakers", "speakers": sorted(speakers),
+    record = {"temperature": 1.0, "fitted_on": fitted_on, "speakers": sorted(speakers),
               "n": len(valid_labels)}
     if len(valid_labels) < MIN_N:
         record.update(fitted_on=None, reason=f"{len(valid_labels)} validation utterance(s), a fit needs {MIN_N}")

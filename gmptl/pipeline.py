@@ -264,11 +264,9 @@ def run_probe(cfg: Config, train: AudioSet, valid: AudioSet, test: AudioSet | No
     cv = cfg.probe.select == "speaker-cv"
     held_out = train.utterances + valid.utterances if cv else valid.utterances
     calibration, tested = calibrate(found["valid_scores"], found["valid_labels"], test_scores, test_labels,
-                                    speakers={u.speaker for u in held_out})
-    if cv and calibration["fitted_on"]:
-        calibration["fitted_on"] = "held-out predictions of the probe's speaker cross-validation"
-        if tested:
-            tested["fitted_on"] = calibration["fitted_on"]
+                                    speakers={u.speaker for u in held_out},
+                                    fitted_on="held-out predictions of the probe's speaker cross-validation" if cv
+                                    else "validation speakers")
     if tested:
         result["calibration"] = tested
     metrics = {k: result[k] for k in ("war", "uar", "f1") if k in result}
