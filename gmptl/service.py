@@ -20,8 +20,8 @@ with ``Retry-After``.
 import asyncio
 import contextlib
 import hmac
-import logging
 import ipaddress
+import logging
 import math
 import shutil
 import socket
@@ -124,14 +124,14 @@ class Job:
 class Scorer:
     """Every admitted request's audio scored by ``threads`` threads, in batches that mix requests (micro-batching).
 
-    Two threads keep the cores busy while the event loop answers one batch's requests and reads the next
-    ones (with one, at concurrency 16, the scorer idled between batches: 0.80 of batch prediction's
-    throughput; with two and batches of 8, 0.9-0.95; bench ``service_vs_batch``). Each batch takes the shortest of the pieces waiting in all requests, at most ``batch_size`` pieces and
-    ``batch_seconds`` of padded audio: concurrent short clips are scored together, as ``gmptl predict``
-    batches files, and long recordings advance beside them a few pieces at a time, so memory holds a few
-    pieces per request whatever their length. Admission counts seconds of audio in flight (queued or being
-    scored): beyond ``max_seconds`` a request is refused with ``Busy``, unless nothing else is in flight (any
-    recording the upload limits let through can be served).
+    Two threads keep the cores busy while the event loop answers one batch's requests and reads the next ones
+    (with one, at concurrency 16, the scorer idled between batches: 0.80 of batch prediction's throughput; with
+    two and batches of 8, 0.92; bench ``service_vs_batch``). Each batch takes the shortest of the pieces waiting
+    in all requests, at most ``batch_size`` pieces and ``batch_seconds`` of padded audio: concurrent short clips
+    are scored together, as ``gmptl predict`` batches files, and long recordings advance beside them a few pieces
+    at a time, so memory holds a few pieces per request whatever their length. Admission counts seconds of audio
+    in flight (queued or being scored): beyond ``max_seconds`` a request is refused with ``Busy``, unless nothing
+    else is in flight (any recording the upload limits let through can be served).
     """
 
     def __init__(self, recognizer: Recognizer, max_seconds: float, batch_size: int = 8,

@@ -1,5 +1,6 @@
 """`gmptl serve` over real HTTP on loopback, the server started by the test."""
 
+import contextlib
 import io
 import socket
 import subprocess
@@ -22,26 +23,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(model_dir, *options: str):
+    """``gmptl serve MODEL_DIR`` on a free loopback port: (its URL, its process) once its health check answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gmptl", "serve", str(model_dir), "--port", str(port), *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not start: {proc.stdout.read1().decode()[-2000:]}")
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model_dir = make_model_dir(tmp_path_factory.mktemp("m"), "random:hubert-tiny", "linear", gender=True)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gmptl", "serve", str(model_dir), "--port", str(port),
-                             "--max-upload-mb", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(model_dir, "--max-upload-mb", "0.2") as (url, _):
+        yield url
 
 
 def wav_bytes(seconds=1.0, rate=16000, fmt="WAV", seed=0) -> bytes:

@@ -17,7 +17,7 @@ import gmptl
 from gmptl.errors import AudioError
 from gmptl.service import Busy, Job, Scorer, create_app
 from test_export import make_model_dir
-from test_service import free_port, wav_bytes
+from test_service import serving, wav_bytes
 
 
 class Gated:
@@ -152,20 +152,7 @@ def test_overload_with_the_default_limits(tmp_path):
             f.write((0.1 * rng.standard_normal(60 * 16000)).astype(np.float32))
     body = wav.read_bytes()
     assert len(body) > 40e6
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gmptl", "serve", str(model_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server did not start: {proc.stdout.read1().decode()[-2000:]}")
-                time.sleep(0.2)
+    with serving(model_dir) as (url, proc):
         # The health watcher is a process of its own: in this one it would wait for the GIL behind the uploads.
         watcher = subprocess.Popen([sys.executable, "-c", HEALTH_WATCH, url], stdout=subprocess.PIPE, text=True)
         time.sleep(0.5)
@@ -181,9 +168,6 @@ def test_overload_with_the_default_limits(tmp_path):
         peak_gb = int(next(l for l in open(f"/proc/{proc.pid}/status") if l.startswith("VmHWM")).split()[1]) / 2**20
         watcher.terminate()
         health = [float(x) for x in watcher.communicate(timeout=10)[0].split()]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     dropped = [a for a in answers if isinstance(a, Exception)]
     assert not dropped, dropped[:3]
     codes = [a.status_code for a in answers]
