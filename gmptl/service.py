@@ -126,7 +126,7 @@ class Scorer:
 
     Two threads keep the cores busy while the event loop answers one batch's requests and reads the next ones
     (with one, at concurrency 16, the scorer idled between batches: 0.80 of batch prediction's throughput; with
-    two and batches of 8, 0.92; bench ``service_vs_batch``). Each batch takes the shortest of the pieces waiting
+    two and batches of 8, 0.92 and 0.96 in two runs; bench ``service_vs_batch``). Each batch takes the shortest of the pieces waiting
     in all requests, at most ``batch_size`` pieces and ``batch_seconds`` of padded audio: concurrent short clips
     are scored together, as ``gmptl predict`` batches files, and long recordings advance beside them a few pieces
     at a time, so memory holds a few pieces per request whatever their length. Admission counts seconds of audio
